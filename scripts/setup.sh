@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Sets up scene3d on a fresh Debian machine: system packages, a virtual environment in .venv,
+# the CPU build of PyTorch and scene3d itself (editable) with its test extras. Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# open3d needs libusb at import time.
+if ! ldconfig -p 2>/dev/null | grep -q libusb-1.0; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -q && apt-get install -y -q libusb-1.0-0
+    else
+        sudo apt-get update -q && sudo apt-get install -y -q libusb-1.0-0
+    fi
+fi
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+PIP=".venv/bin/python -m pip"
+# The CPU build of PyTorch; a user with a CUDA build installed keeps theirs.
+.venv/bin/python -c "import torch" 2>/dev/null || $PIP install -q torch==2.13.0
+$PIP install -q -e ".[test]"
+echo "scene3d is installed in .venv (run .venv/bin/scene3d --help)"
