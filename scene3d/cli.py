@@ -1,0 +1,83 @@
+"""The ``scene3d`` command: one entry point with subcommands, built by tyro.
+
+Every subcommand imports its heavy modules inside its function, so ``scene3d --help`` is instant.
+User errors (:class:`~scene3d.errors.Scene3dError`) print one sentence and exit with status 2;
+``--debug`` (anywhere on the command line) shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import tyro
+
+from scene3d.data.config import DataConfig
+from scene3d.data.sfm import ProcessConfig
+from scene3d.errors import Scene3dError
+
+Flat = tyro.conf.arg(name="")  # a nested config whose fields appear as top-level flags
+
+
+def process(
+    images: tyro.conf.Positional[Path],
+    output: Annotated[Path, tyro.conf.arg(aliases=("-o",))],
+    cfg: Annotated[ProcessConfig, Flat] = ProcessConfig(),
+) -> None:
+    """Structure from motion on a captured image folder: camera poses and sparse points (pycolmap, CPU).
+
+    Writes OUTPUT/images/, OUTPUT/sparse/0/ (a COLMAP model that `scene3d info` and `scene3d train`
+    read) and OUTPUT/process_summary.json.
+    """
+    from scene3d.data.sfm import run_process
+
+    run_process(images, output, cfg)
+
+
+def info(
+    scene: tyro.conf.Positional[Path],
+    json_out: Annotated[bool, tyro.conf.arg(name="json")] = False,
+    data: Annotated[DataConfig, tyro.conf.arg(name="data")] = DataConfig(),
+) -> None:
+    """What a user checks before training: format, cameras, split, sparse points, image size."""
+    from scene3d.data import load_dataset
+    from scene3d.data.summary import dataset_summary, print_summary
+
+    summary = dataset_summary(load_dataset(scene, data))
+    if json_out:
+        print(json.dumps(summary))
+    else:
+        print_summary(summary)
+
+
+COMMANDS = {
+    "process": process,
+    "info": info,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        tyro.extras.subcommand_cli_from_dict(
+            COMMANDS,
+            prog="scene3d",
+            description="3D scene reconstruction: photos in, a scene you can fly through and ship out. Add --debug for tracebacks.",
+            args=args,
+        )
+    except Scene3dError as e:
+        if debug:
+            raise
+        print(f"scene3d: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("scene3d: interrupted", file=sys.stderr)
+        return 130
+    return 0
+

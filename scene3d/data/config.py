@@ -1,0 +1,23 @@
+"""Dataset-loading options (kept free of heavy imports so the CLI builds instantly)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class DataConfig:
+    """How a dataset is loaded (shared by every command that reads a scene)."""
+
+    downscale: int = 1
+    """Load images at 1/N resolution (cached on disk after the first use)."""
+    test_every: int = 8
+    """Without explicit split lists, every N-th image (0, N, 2N, ...) is a test image."""
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """Colour that RGBA images (Blender synthetic) are composited on."""
+    normalize: bool = True
+    """Centre, orient (up = +z) and scale the scene so the cameras fit in a unit sphere."""
+    remove_outliers: bool = True
+    """Drop isolated sparse points (open3d statistical outlier removal)."""
+    load_masks: bool = True
+    """Use per-image masks when the dataset provides them."""
