@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from scene3d.data.config import DataConfig
 from scene3d.errors import DataError
 
 if TYPE_CHECKING:
-    from scene3d.data.config import DataConfig
     from scene3d.data.dataset import SceneDataset
 
 FORMATS = ("colmap", "nerfstudio", "blender", "llff")
@@ -41,10 +41,9 @@ def detect_format(root: Path) -> str:
     raise DataError(root, "is not a recognised scene (expected a COLMAP model, transforms.json, transforms_train.json or poses_bounds.npy)")
 
 
-def load_dataset(root: str | Path, cfg: "DataConfig | None" = None, format: str | None = None) -> "SceneDataset":
+def load_dataset(root: str | Path, cfg: DataConfig | None = None, format: str | None = None) -> "SceneDataset":
     """Loads the scene at ``root`` (format detected unless given) as a :class:`SceneDataset`."""
     from scene3d.data import readers
-    from scene3d.data.config import DataConfig
     from scene3d.data.dataset import finalize
 
     root = Path(root)

@@ -111,7 +111,7 @@ class _Reader:
     def count(self, what: str, max_item_bytes: int = 1) -> int:
         (n,) = self.unpack("Q")
         if n * max_item_bytes > len(self.data):
-            raise DataError(self.path, f"is corrupt (claims {n} {what}, more than the file can hold)")
+            raise DataError(self.path, f"is truncated or corrupt (claims {n} {what}, more than the file can hold)")
         return n
 
     def finish(self) -> None:

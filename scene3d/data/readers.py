@@ -333,12 +333,13 @@ def read_llff(root: Path) -> RawScene:
         raise DataError(image_dir, f"holds {len(files)} images but poses_bounds.npy has {len(arr)} poses")
     poses = arr[:, :15].reshape(-1, 3, 5)
     near_far = arr[:, 15:17]
-    h_llff, w_llff, f = poses[0, :, 4]
+    hwf = poses[:, :, 4]  # [N, 3] height, width, focal of the images the poses were made for
+    if not (np.isfinite(poses).all() and (hwf > 0).all()):
+        raise DataError(path, "holds non-finite poses or non-positive image sizes/focal lengths")
     c2w = llff_to_opencv_c2w(torch.from_numpy(poses[:, :, :4]))
-    w, h = imio.image_size(files[0])
-    s = w / w_llff  # poses_bounds' hwf may describe another resolution than images/
-    cams = Cameras.create(rigid_inverse(c2w), f * s, f * s, w / 2, h / 2, w, h, CameraModel.PINHOLE)
-    cams = _match_image_sizes(cams, files)
+    h, w, f = (torch.from_numpy(hwf[:, k]) for k in range(3))
+    cams = Cameras.create(rigid_inverse(c2w), f, f, w / 2, h / 2, w.round().long(), h.round().long(), CameraModel.PINHOLE)
+    cams = _match_image_sizes(cams, files)  # images/ may hold another resolution than hwf says
     shipped = {}
     for factor in (2, 4, 8):
         d = root / f"images_{factor}"
@@ -359,5 +360,5 @@ def read_llff(root: Path) -> RawScene:
         point_colors=colors,
         downscaled_images=shipped,
         near_far=near_far,
-        meta={"llff_hwf": [float(h_llff), float(w_llff), float(f)]},
+        meta={"llff_hwf": hwf[0].tolist()},
     )

@@ -1,0 +1,25 @@
+"""Shared fixtures: the real scenes in ../shared/data (tests skip when it is absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SCENE3D_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared_scene(name: str) -> Path:
+    """Path of a scene in ../shared/data, skipping the test when it is not there."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"shared data {path} is absent")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Downscaled-image caches go to a per-session temporary folder, never to ~/.cache."""
+    monkeypatch.setenv("SCENE3D_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "scene3d-cache"))
