@@ -34,6 +34,12 @@ def colmap_model_dirs(root: Path) -> list[Path]:
     return [c for c in candidates if c.is_dir() and colmap_io.find_model_files(c)]
 
 
+def largest_model_dir(root: Path) -> Path | None:
+    """The COLMAP model folder under ``root`` with the most registered images, if any."""
+    dirs = colmap_model_dirs(root)
+    return max(dirs, key=colmap_io.count_registered) if dirs else None
+
+
 def camera_from_colmap(cam: colmap_io.ColmapCamera, path: Path) -> tuple[CameraModel, list[float], list[float]]:
     """(model, [fx, fy, cx, cy], dist[4]) from a COLMAP camera."""
     p = list(cam.params)
@@ -53,10 +59,9 @@ def camera_from_colmap(cam: colmap_io.ColmapCamera, path: Path) -> tuple[CameraM
 
 
 def read_colmap(root: Path) -> RawScene:
-    dirs = colmap_model_dirs(root)
-    if not dirs:
+    model_dir = largest_model_dir(root)
+    if model_dir is None:
         raise DataError(root, "holds no COLMAP model (looked in ., sparse/, sparse/N/, colmap/sparse/N/)")
-    model_dir = max(dirs, key=colmap_io.count_registered) if len(dirs) > 1 else dirs[0]
     model = colmap_io.read_model(model_dir)
     if not model.images:
         raise DataError(model_dir, "has no registered images")
@@ -97,7 +102,7 @@ def read_colmap(root: Path) -> RawScene:
         point_colors=model.rgb,
         mask_paths=masks if any(masks) else None,
         downscaled_images=_shipped_downscales(root, image_dir, [im.name for im in ordered]),
-        meta={"model_dir": str(model_dir), "num_models": len(dirs)},
+        meta={"model_dir": str(model_dir), "num_models": len(colmap_model_dirs(root))},
     )
 
 
@@ -346,9 +351,9 @@ def read_llff(root: Path) -> RawScene:
         if d.is_dir():
             shipped[factor] = sorted(p for p in d.iterdir() if imio.is_image_file(p))
     points = colors = None
-    dirs = colmap_model_dirs(root)
-    if dirs:
-        m = colmap_io.read_model(max(dirs, key=colmap_io.count_registered))
+    model_dir = largest_model_dir(root)
+    if model_dir is not None:
+        m = colmap_io.read_model(model_dir)
         points, colors = m.xyz, m.rgb
     return RawScene(
         format="llff",
