@@ -72,7 +72,7 @@ def _bits_to_f32(typingctx, bits):
     return sig, codegen
 
 
-@njit(inline="always", fastmath=FLAGS)
+@njit(inline="always", fastmath=FLAGS, error_model="numpy")
 def fast_exp(x):
     """exp(x) for float32 x <= 0 (clamped at -80), relative error about 2e-7, branch-free."""
     x = max(x, EXP_FLOOR)
@@ -90,7 +90,7 @@ def fast_exp(x):
     return p * scale
 
 
-@njit(cache=True, fastmath=FLAGS)
+@njit(cache=True, fastmath=FLAGS, error_model="numpy")
 def fast_exp_array(x):
     """:func:`fast_exp` over a float32 array (for tests)."""
     out = np.empty_like(x)
@@ -150,7 +150,7 @@ def bin_gaussians(means2d, radii_xy, order, tiles_x, tiles_y):
     return offsets, ids
 
 
-@njit(inline="always", fastmath=FLAGS)
+@njit(inline="always", fastmath=FLAGS, error_model="numpy")
 def _row_span(my, ey, y0):
     """Tile rows [r0, r1) whose pixel centres lie within ``ey`` of ``my``."""
     lo = my - ey - ROW_MARGIN - F32(y0) - HALF
@@ -160,7 +160,7 @@ def _row_span(my, ey, y0):
     return r0, r1
 
 
-@njit(inline="always", fastmath=FLAGS)
+@njit(inline="always", fastmath=FLAGS, error_model="numpy")
 def _row_reaches(a, b, c, thr, mx, my, row_y, x0):
     """Whether the ellipse sigma <= thr crosses the pixel row at height ``row_y`` within the
     tile's columns [x0, x0 + 16) (conservatively: a few pixels of slack)."""
@@ -174,19 +174,22 @@ def _row_reaches(a, b, c, thr, mx, my, row_y, x0):
     return centre + half + slack >= F32(x0) and centre - half - slack <= F32(x0 + TILE)
 
 
-@njit(inline="always", fastmath=FLAGS)
+@njit(inline="always", fastmath=FLAGS, error_model="numpy")
 def _sigma(a, b, c, dx, dy):
     """The Mahalanobis half-distance; the PyTorch reference computes it with the same operations
     in the same order (keep them in step)."""
     return HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
 
 
-@njit(fastmath=FLAGS)
-def _blend_span(px, py, T, act, last, w, mx, my, a, b, c, o, thr, kk):
-    """Blends one Gaussian into a run of pixels (views of the tile's arrays); returns how many of
-    them stopped. Branch-free so that it vectorises."""
-    stopped = np.int32(0)
-    for j in range(T.shape[0]):
+@njit(fastmath=FLAGS, error_model="numpy")
+def _blend_span(p0, n, px, py, T, act, last, w, mx, my, a, b, c, o, thr, kk):
+    """Blends one Gaussian into the pixels [p0, p0 + n) of a tile; returns 1 if any of them
+    stopped. Branch-free so that it vectorises. (Offsets are unsigned and arrays are passed
+    whole: numba then emits no negative-index checks, and no slice views, whose reference
+    counting costs more than the arithmetic here.)"""
+    stopped = np.int32(0)  # 1 once any pixel stopped (a max, which vectorises; a count does not)
+    for i in range(n):
+        j = p0 + i
         dx = mx - px[j]
         dy = my - py[j]
         sigma = _sigma(a, b, c, dx, dy)
@@ -200,20 +203,33 @@ def _blend_span(px, py, T, act, last, w, mx, my, a, b, c, o, thr, kk):
         T[j] = Tj * (ONE - ae)
         last[j] = max(last[j], kk * np.int32(ae > ZERO))
         act[j] = min(act[j], np.float32(not stop))
-        stopped += np.int32(stop)
+        stopped = max(stopped, np.int32(stop))
     return stopped
 
 
-@njit(fastmath=FLAGS)
-def _axpy(acc, w, v):
-    for j in range(acc.shape[0]):
-        acc[j] += w[j] * v
+@njit(fastmath=FLAGS, error_model="numpy")
+def _axpy(p0, n, acc, f, w, v):
+    """acc[f, p] += w[p] * v over the span."""
+    for i in range(n):
+        j = p0 + i
+        acc[f, j] += w[j] * v
 
 
-@njit(fastmath=True)
-def _dot(x, y):
+@njit(fastmath=True, error_model="numpy")
+def _dot(p0, n, x, y, f):
+    """sum of x[p] * y[f, p] over the span (reassociated, so it vectorises)."""
     s = ZERO
-    for j in range(x.shape[0]):
+    for i in range(n):
+        j = p0 + i
+        s += x[j] * y[f, j]
+    return s
+
+
+@njit(fastmath=True, error_model="numpy")
+def _sum_product(p0, n, x, y):
+    s = ZERO
+    for i in range(n):
+        j = p0 + i
         s += x[j] * y[j]
     return s
 
@@ -226,7 +242,7 @@ def _tile_coords(t, n_tiles, tiles_x):
     return cam, tx * TILE, ty * TILE
 
 
-@njit(inline="always", fastmath=FLAGS)
+@njit(inline="always", fastmath=FLAGS, error_model="numpy")
 def _pixel_centres(x0, y0):
     px = np.empty(TILE * TILE, np.float32)
     py = np.empty(TILE * TILE, np.float32)
@@ -237,7 +253,7 @@ def _pixel_centres(x0, y0):
     return px, py
 
 
-@njit(parallel=True, fastmath=FLAGS, cache=True)
+@njit(parallel=True, fastmath=FLAGS, error_model="numpy", cache=True)
 def rasterize_forward(gdata, feats, offsets, ids, width, height, tiles_x, tiles_y, err, out_err):
     """Front-to-back blending of every tile.
 
@@ -294,13 +310,13 @@ def rasterize_forward(gdata, feats, offsets, ids, width, height, tiles_x, tiles_
                 r1 -= 1
             if r0 == r1:
                 continue
-            p0, p1 = r0 * TILE, r1 * TILE
+            p0, n = np.uint64(r0 * TILE), np.uint64((r1 - r0) * TILE)
             kk = np.int32(k - start + 1)
-            stopped = _blend_span(px[p0:p1], py[p0:p1], T[p0:p1], act[p0:p1], last[p0:p1], w[p0:p1], mx, my, a, b, c, o, thr, kk)
+            stopped = _blend_span(p0, n, px, py, T, act, last, w, mx, my, a, b, c, o, thr, kk)
             for f in range(F):
-                _axpy(acc[f, p0:p1], w[p0:p1], feats[cam, g, f])
+                _axpy(p0, n, acc, np.uint64(f), w, feats[cam, g, f])
             if with_err:
-                out_err[k] = _dot(w[p0:p1], errt[p0:p1])
+                out_err[k] = _sum_product(p0, n, w, errt)
             if stopped > 0:
                 for r in range(r0, r1):
                     n = 0
@@ -320,12 +336,13 @@ def rasterize_forward(gdata, feats, offsets, ids, width, height, tiles_x, tiles_
 NG = 8  # per-pair gradient slots before the features: a, b, c, mx, my, |mx|, |my|, opacity
 
 
-@njit(fastmath=FLAGS)
-def _unblend_span(px, py, T, T_final, S, last, gA, fg, wgt_out, dLds, gO, mx, my, a, b, c, o, thr, kk):
+@njit(fastmath=FLAGS, error_model="numpy")
+def _unblend_span(p0, n, px, py, T, T_final, S, last, gA, fg, wgt_out, dLds, gO, mx, my, a, b, c, o, thr, kk):
     """Walks one Gaussian back out of a run of pixels (views): restores each pixel's
     transmittance before it, and writes the per-pixel dL/dsigma, dL/dopacity and the blending
-    weight (for the feature gradients). Branch-free so that it vectorises."""
-    for j in range(T.shape[0]):
+    weight (for the feature gradients), over pixels [p0, p0 + n). Branch-free."""
+    for i in range(n):
+        j = p0 + i
         dx = mx - px[j]
         dy = my - py[j]
         sigma = _sigma(a, b, c, dx, dy)
@@ -346,8 +363,23 @@ def _unblend_span(px, py, T, T_final, S, last, gA, fg, wgt_out, dLds, gO, mx, my
         wgt_out[j] = wgt
 
 
-@njit(fastmath=True)
-def _pair_grads(px, py, dLds, gO, mx, my, a, b, c, out):
+@njit(fastmath=FLAGS, error_model="numpy")
+def _feature_dot(p0, n, fg, gF, feats, cam, g):
+    """fg[p] = sum_f feats[cam, g, f] * gF[f, p] over the span."""
+    F = gF.shape[0]
+    v = feats[cam, g, 0]
+    for i in range(n):
+        j = p0 + i
+        fg[j] = v * gF[0, j]
+    for f in range(1, F):
+        v = feats[cam, g, f]
+        for i in range(n):
+            j = p0 + i
+            fg[j] += v * gF[f, j]
+
+
+@njit(fastmath=True, error_model="numpy")
+def _pair_grads(p0, n, px, py, dLds, gO, mx, my, a, b, c, out, k):
     """Sums the per-pixel terms of one Gaussian into out[0:8] (a, b, c, mx, my, |mx|, |my|, opacity)."""
     s0 = ZERO
     s1 = ZERO
@@ -357,7 +389,8 @@ def _pair_grads(px, py, dLds, gO, mx, my, a, b, c, out):
     s5 = ZERO
     s6 = ZERO
     s7 = ZERO
-    for j in range(dLds.shape[0]):
+    for i in range(n):
+        j = p0 + i
         dx = mx - px[j]
         dy = my - py[j]
         g = dLds[j]
@@ -371,17 +404,17 @@ def _pair_grads(px, py, dLds, gO, mx, my, a, b, c, out):
         s5 += abs(gx)
         s6 += abs(gy)
         s7 += gO[j]
-    out[0] = s0
-    out[1] = s1
-    out[2] = s2
-    out[3] = s3
-    out[4] = s4
-    out[5] = s5
-    out[6] = s6
-    out[7] = s7
+    out[k, 0] = s0
+    out[k, 1] = s1
+    out[k, 2] = s2
+    out[k, 3] = s3
+    out[k, 4] = s4
+    out[k, 5] = s5
+    out[k, 6] = s6
+    out[k, 7] = s7
 
 
-@njit(parallel=True, fastmath=FLAGS, cache=True)
+@njit(parallel=True, fastmath=FLAGS, error_model="numpy", cache=True)
 def rasterize_backward(gdata, feats, offsets, ids, width, height, tiles_x, tiles_y, out_T, out_last, g_out, g_alpha):
     """Gradients of a loss with respect to every (tile, Gaussian) pair's inputs.
 
@@ -440,18 +473,12 @@ def rasterize_backward(gdata, feats, offsets, ids, width, height, tiles_x, tiles
                 r1 -= 1
             if r0 == r1:
                 continue
-            p0, p1 = r0 * TILE, r1 * TILE
-            fgv = fg[p0:p1]
-            fgv[:] = ZERO
+            p0, n = np.uint64(r0 * TILE), np.uint64((r1 - r0) * TILE)
+            _feature_dot(p0, n, fg, gF, feats, cam, g)
+            _unblend_span(p0, n, px, py, T, T_final, S, last, gA, fg, wgt, dLds, gO, mx, my, a, b, c, o, thr, kk)
+            _pair_grads(p0, n, px, py, dLds, gO, mx, my, a, b, c, grads, k)
             for f in range(F):
-                _axpy(fgv, gF[f, p0:p1], feats[cam, g, f])
-            _unblend_span(
-                px[p0:p1], py[p0:p1], T[p0:p1], T_final[p0:p1], S[p0:p1], last[p0:p1], gA[p0:p1], fgv,
-                wgt[p0:p1], dLds[p0:p1], gO[p0:p1], mx, my, a, b, c, o, thr, kk,
-            )
-            _pair_grads(px[p0:p1], py[p0:p1], dLds[p0:p1], gO[p0:p1], mx, my, a, b, c, grads[k])
-            for f in range(F):
-                grads[k, NG + f] = _dot(wgt[p0:p1], gF[f, p0:p1])
+                grads[k, NG + f] = _dot(p0, n, wgt, gF, np.uint64(f))
     return grads
 
 
