@@ -16,7 +16,8 @@ polynomial exp; rows whose pixels have all stopped are skipped, and a tile stops
 have. float32 throughout: every constant is a float32 so nothing is promoted to float64.
 
 Floating point. The kernels are compiled with fast-math flags that allow vectorisation but neither
-reassociation nor FMA contraction, so ``sigma`` is computed with exactly the operations (and
+reassociation nor FMA contraction (except inside :func:`fast_exp` and the sums of
+``_pair_grads``/``_dot``, which decide nothing), so ``sigma`` is computed with exactly the operations (and
 roundings) of the PyTorch reference and of the other kernels here: forward, backward and error
 accumulation agree bit for bit on which Gaussian reaches which pixel.
 
@@ -72,9 +73,12 @@ def _bits_to_f32(typingctx, bits):
     return sig, codegen
 
 
-@njit(inline="always", fastmath=FLAGS, error_model="numpy")
+@njit(fastmath=FLAGS | {"contract"}, error_model="numpy")
 def fast_exp(x):
-    """exp(x) for float32 x <= 0 (clamped at -80), relative error about 2e-7, branch-free."""
+    """exp(x) for float32 x <= 0 (clamped at -80), relative error about 2e-7, branch-free.
+
+    Unlike the rest, compiled with FMA contraction (LLVM inlines it and keeps these per-instruction
+    flags): only the value of alpha depends on it, never which pixels a Gaussian reaches."""
     x = max(x, EXP_FLOOR)
     n = np.floor(x * LOG2E + HALF)
     r = x - n * LN2_HI

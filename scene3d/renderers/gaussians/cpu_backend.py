@@ -8,8 +8,9 @@ features) to autograd, which carries them through the projection to the 3D param
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
-import time
 
 import numpy as np
 import torch
@@ -18,14 +19,21 @@ from torch import Tensor
 from scene3d.renderers.gaussians.projection import Projection
 from scene3d.renderers.gaussians.settings import TILE_SIZE
 
-_COMPILE_SECONDS: float | None = None
+log = logging.getLogger(__name__)
 
 
+@functools.cache
 def _kernels():
-    """The numba kernels module, imported (and, on the very first run, compiled) on first use."""
-    global _COMPILE_SECONDS
+    """The numba kernels module, imported on first use (numba compiles each kernel on its first
+    call, about half a minute in all, and caches the machine code next to the module)."""
+    import scene3d
     from scene3d.renderers.gaussians import _numba_kernels as K
 
+    if scene3d.OMP_POLICY_SET_LATE:
+        log.warning(
+            "torch was imported before scene3d with OMP_WAIT_POLICY unset: its OpenMP threads spin "
+            "and slow the CPU rasterizer down; set OMP_WAIT_POLICY=PASSIVE or import scene3d first"
+        )
     return K
 
 
@@ -138,12 +146,3 @@ def accumulate_error(proj: Projection, error_map: Tensor, width: int, height: in
     feats = np.zeros((binning.n_cameras, binning.n_gaussians, 1), np.float32)
     _, _, _, per_pair = binning.forward(feats, _np(error_map))
     return torch.from_numpy(binning.reduce(per_pair[:, None])[..., 0])
-
-
-def compile_kernels() -> float:
-    """Compiles (or loads from numba's cache) every kernel on a tiny scene; returns the seconds taken."""
-    t0 = time.perf_counter()
-    K = _kernels()
-    x = np.zeros(4, np.float32)
-    K.fast_exp_array(x)
-    return time.perf_counter() - t0
