@@ -80,6 +80,46 @@ def test_means2d_match_camera_projection(seed):
     assert torch.allclose(proj.depths, depth)
 
 
+def _textbook_projection(means, quats, scales, cams, eps2d):
+    """EWA splatting as gsplat's torch reference writes it: J Sigma_c J^T with J at the clamped
+    centre, then the blur; returns means2d [C, N, 2] and the blurred 2D covariance [C, N, 2, 2]."""
+    W, t = cams.world_to_cam[:, :3, :3].double(), cams.world_to_cam[:, :3, 3].double()
+    Sigma = quat_scale_to_covar(quats.double(), scales.double())
+    m_c = torch.einsum("cij,nj->cni", W, means.double()) + t[:, None]
+    S_c = torch.einsum("cij,njk,clk->cnil", W, Sigma, W)
+    x, y, z = m_c.unbind(-1)
+    fx, fy, cx, cy = (v.double()[:, None] for v in (cams.fx, cams.fy, cams.cx, cams.cy))
+    w, h = float(cams.width[0]), float(cams.height[0])
+    tx = z * torch.clamp(x / z, min=-(cx / fx + 0.15 * w / fx), max=(w - cx) / fx + 0.15 * w / fx)
+    ty = z * torch.clamp(y / z, min=-(cy / fy + 0.15 * h / fy), max=(h - cy) / fy + 0.15 * h / fy)
+    O = torch.zeros_like(z)
+    J = torch.stack([fx / z, O, -fx * tx / z**2, O, fy / z, -fy * ty / z**2], -1).reshape(*z.shape, 2, 3)
+    cov2d = J @ S_c @ J.transpose(-1, -2) + eps2d * torch.eye(2, dtype=torch.float64)
+    return torch.stack([fx * x / z + cx, fy * y / z + cy], -1), cov2d
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.floats(0.0, 1.0, **finite))
+def test_projection_matches_textbook_ewa(seed, eps2d):
+    g = torch.Generator().manual_seed(seed)
+    n = 64
+    means = torch.randn(n, 3, generator=g) * torch.tensor([3.0, 3.0, 1.0]) + torch.tensor([0.0, 0.0, 4.0])
+    quats = torch.randn(n, 4, generator=g)
+    scales = torch.rand(n, 3, generator=g) * 0.5 + 0.01
+    q = torch.nn.functional.normalize(torch.randn(2, 4, generator=g), dim=-1)
+    w2c = torch.eye(4).repeat(2, 1, 1)
+    w2c[:, :3, :3] = quaternion_to_matrix(q * torch.tensor([1.0, 0.1, 0.1, 0.1]))
+    w2c[:, :3, 3] = torch.rand(2, 3, generator=g) * 0.5
+    cams = Cameras.create(w2c, [50.0, 70.0], [55.0, 65.0], [32.0, 30.0], [24.0, 26.0], 64, 48)
+    proj = project_gaussians(means, quats, scales, torch.full((n,), 0.7), cams, near=0.5, far=1e10, eps2d=eps2d, antialiased=False)
+    m2d, cov2d = _textbook_projection(means, quats, scales, cams, eps2d)
+    ok = proj.depths > 0.5
+    assert torch.allclose(proj.means2d[ok].double(), m2d[ok], rtol=1e-5, atol=1e-3)
+    conic = torch.linalg.inv(cov2d)
+    got = torch.stack([proj.conics[..., 0], proj.conics[..., 1], proj.conics[..., 1], proj.conics[..., 2]], -1)
+    assert torch.allclose(got[ok].double(), conic.reshape(*conic.shape[:2], 4)[ok], rtol=2e-3, atol=1e-6)
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     st.floats(0.3, 50.0, **finite), st.floats(0.3, 50.0, **finite), st.floats(-0.99, 0.99, **finite),

@@ -10,7 +10,7 @@ Conventions are gsplat's: OpenCV cameras with pixel centres at +0.5, (w, x, y, z
 actual scales, opacities after the sigmoid, SH coefficients [N, K, 3].
 """
 
-from scene3d.renderers.gaussians.rasterize import (
+from scene3d.renderers.gaussians.api import (
     accumulate_pixel_error,
     available_backends,
     rasterize,

@@ -112,46 +112,67 @@ def _tile_rect(mx, my, rx, ry, tiles_x, tiles_y):
     return x0, x1, y0, y1
 
 
-@njit(parallel=True, cache=True)
-def bin_gaussians(means2d, radii_xy, order, tiles_x, tiles_y):
-    """Per-tile lists of Gaussians, each sorted front to back.
+@njit(parallel=True, cache=True, error_model="numpy")
+def prepare(packed, radii_xy, tiles_x, tiles_y):
+    """Packs the kernels' records and bins them into per-tile lists sorted front to back.
 
     Args:
-        means2d: [C, N, 2] float32; radii_xy: [C, N, 2] int32 (0 = culled);
-        order: [C, N] int64, each row the Gaussians of that camera sorted by depth.
+        packed: [C, N, 8] float32 (mx, my, a, b, c, opacity, log_threshold, depth);
+        radii_xy: [C, N, 2] int32 (0 = culled).
     Returns:
+        gdata: [C, N, 8] float32 records (depth replaced by the y extent of the reachable ellipse,
+            ``sqrt(2 log_threshold cov_yy)`` plus a small margin);
         offsets: [C * tiles_y * tiles_x + 1] int64, tile t's list is ids[offsets[t]:offsets[t+1]];
-        ids: [n_pairs] int32 Gaussian indices (within their camera).
+        ids: [n_pairs] int32 Gaussian indices (within their camera), each list sorted by depth
+            (ties by index, as a stable sort).
     """
-    C, N = means2d.shape[0], means2d.shape[1]
+    C, N = packed.shape[0], packed.shape[1]
     n_tiles = tiles_x * tiles_y
+    gdata = np.empty((C, N, 8), np.float32)
     counts = np.zeros((C, n_tiles), np.int64)
-    for c in prange(C):
+    order = np.empty((C, N), np.int64)
+    n_visible = np.zeros(C, np.int64)
+    for cam in prange(C):
+        visible = np.empty(N, np.int64)
+        nv = 0
         for n in range(N):
-            rx, ry = radii_xy[c, n, 0], radii_xy[c, n, 1]
+            for q in range(7):
+                gdata[cam, n, q] = packed[cam, n, q]
+            a, b, c = float(packed[cam, n, 2]), float(packed[cam, n, 3]), float(packed[cam, n, 4])
+            thr = float(packed[cam, n, 6])
+            det = max(a * c - b * b, 1e-30)
+            gdata[cam, n, 7] = np.float32(math.sqrt(max(2.0 * thr, 0.0) * max(a, 0.0) / det) * 1.001 + 1e-3)
+            rx, ry = radii_xy[cam, n, 0], radii_xy[cam, n, 1]
             if rx <= 0 or ry <= 0:
                 continue
-            x0, x1, y0, y1 = _tile_rect(means2d[c, n, 0], means2d[c, n, 1], rx, ry, tiles_x, tiles_y)
+            visible[nv] = n
+            nv += 1
+            x0, x1, y0, y1 = _tile_rect(packed[cam, n, 0], packed[cam, n, 1], rx, ry, tiles_x, tiles_y)
             for ty in range(y0, y1):
                 for tx in range(x0, x1):
-                    counts[c, ty * tiles_x + tx] += 1
+                    counts[cam, ty * tiles_x + tx] += 1
+        depths = np.empty(nv, np.float32)
+        for k in range(nv):
+            depths[k] = packed[cam, visible[k], 7]
+        by_depth = np.argsort(depths, kind="mergesort")
+        for k in range(nv):
+            order[cam, k] = visible[by_depth[k]]
+        n_visible[cam] = nv
     offsets = np.zeros(C * n_tiles + 1, np.int64)
     offsets[1:] = np.cumsum(counts.ravel())
     ids = np.empty(offsets[-1], np.int32)
-    for c in prange(C):
-        pos = offsets[c * n_tiles : (c + 1) * n_tiles].copy()
-        for k in range(N):
-            n = order[c, k]
-            rx, ry = radii_xy[c, n, 0], radii_xy[c, n, 1]
-            if rx <= 0 or ry <= 0:
-                continue
-            x0, x1, y0, y1 = _tile_rect(means2d[c, n, 0], means2d[c, n, 1], rx, ry, tiles_x, tiles_y)
+    for cam in prange(C):
+        pos = offsets[cam * n_tiles : (cam + 1) * n_tiles].copy()
+        for k in range(n_visible[cam]):
+            n = order[cam, k]
+            rx, ry = radii_xy[cam, n, 0], radii_xy[cam, n, 1]
+            x0, x1, y0, y1 = _tile_rect(packed[cam, n, 0], packed[cam, n, 1], rx, ry, tiles_x, tiles_y)
             for ty in range(y0, y1):
                 for tx in range(x0, x1):
                     t = ty * tiles_x + tx
                     ids[pos[t]] = n
                     pos[t] += 1
-    return offsets, ids
+    return gdata, offsets, ids
 
 
 @njit(inline="always", fastmath=FLAGS, error_model="numpy")
@@ -263,7 +284,7 @@ def rasterize_forward(gdata, feats, offsets, ids, width, height, tiles_x, tiles_
 
     Args:
         gdata: [C, N, 8] float32 packed records (see module docstring); feats: [C, N, F] float32;
-        offsets, ids: from :func:`bin_gaussians`;
+        offsets, ids: from :func:`prepare`;
         err: [C, H, W] float32 per-pixel error to accumulate onto Gaussians, or an empty array;
         out_err: [n_pairs] float32 output, per (tile, Gaussian) pair the sum over the tile's pixels
             of blending weight * err (written only when err is not empty).

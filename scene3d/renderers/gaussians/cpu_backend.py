@@ -41,40 +41,20 @@ def _np(t: Tensor, dtype=np.float32) -> np.ndarray:
     return np.ascontiguousarray(t.detach().cpu().numpy(), dtype=dtype)
 
 
-def pack_gaussians(proj: Projection) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Packed float32 records [C, N, 8] (mx, my, a, b, c, opacity, ln(255 opacity), y extent),
-    the depth order [C, N] int64 and radii [C, N, 2] int32 the kernels read."""
-    with torch.no_grad():
-        conics = proj.conics.detach().double()
-        a, b, c = conics.unbind(-1)
-        det = (a * c - b * b).clamp_min(1e-30)
-        thr = proj.log_thresholds.double()
-        ext_y = torch.sqrt(torch.clamp_min(2.0 * thr, 0.0) * torch.clamp_min(a, 0.0) / det) * 1.001 + 1e-3
-        gdata = torch.cat(
-            [
-                proj.means2d.detach(),
-                proj.conics.detach(),
-                proj.opacities.detach()[..., None],
-                proj.log_thresholds[..., None],
-                ext_y.float()[..., None],
-            ],
-            dim=-1,
-        )
-        order = torch.argsort(proj.depths.detach(), dim=-1, stable=True)
-    return _np(gdata), _np(order, np.int64), _np(proj.radii_xy, np.int32)
-
-
 class Binning:
     """Per-tile depth-sorted lists of the projected Gaussians (plus what the kernels need)."""
 
     def __init__(self, proj: Projection, width: int, height: int):
         K = _kernels()
-        self.gdata, order, radii = pack_gaussians(proj)
+        with torch.no_grad():
+            packed = torch.cat(
+                [proj.means2d, proj.conics, proj.opacities[..., None], proj.log_thresholds[..., None], proj.depths[..., None]],
+                dim=-1,
+            )  # [C, N, 8]
         self.width, self.height = width, height
         self.tiles_x = math.ceil(width / TILE_SIZE)
         self.tiles_y = math.ceil(height / TILE_SIZE)
-        means2d = np.ascontiguousarray(self.gdata[..., :2])
-        self.offsets, self.ids = K.bin_gaussians(means2d, radii, order, self.tiles_x, self.tiles_y)
+        self.gdata, self.offsets, self.ids = K.prepare(_np(packed), _np(proj.radii_xy, np.int32), self.tiles_x, self.tiles_y)
 
     @property
     def n_cameras(self) -> int:

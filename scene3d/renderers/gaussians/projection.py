@@ -53,6 +53,17 @@ class Projection:
         return (self.radii_xy > 0).all(dim=-1)
 
 
+def _quat_to_rotation_entries(quats: Tensor) -> list[list[Tensor]]:
+    """Rotation matrices of (w, x, y, z) quaternions [N, 4] (normalised here), as 3x3 nested lists
+    of [N] entries (the same matrix as :func:`scene3d.cameras.quaternion_to_matrix`)."""
+    w, x, y, z = (quats / torch.linalg.norm(quats, dim=-1, keepdim=True)).unbind(-1)
+    return [
+        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+    ]
+
+
 def quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:
     """World covariances [N, 3, 3] of Gaussians with quaternions [N, 4] (w, x, y, z) and scales [N, 3]."""
     M = quaternion_to_matrix(quats) * scales[..., None, :]  # R S
@@ -71,15 +82,22 @@ def project_gaussians(
     eps2d: float,
     antialiased: bool,
 ) -> Projection:
-    """Projects N Gaussians into every camera of the batch (all cameras share one image size)."""
-    width, height = int(cameras.width[0]), int(cameras.height[0])
-    covars = quat_scale_to_covar(quats, scales)  # [N, 3, 3]
-    R = cameras.world_to_cam[:, :3, :3]  # [C, 3, 3]
-    t = cameras.world_to_cam[:, :3, 3]  # [C, 3]
-    means_c = torch.einsum("cij,nj->cni", R, means) + t[:, None, :]  # [C, N, 3]
-    covars_c = torch.einsum("cij,njk,clk->cnil", R, covars, R)  # [C, N, 3, 3]
+    """Projects N Gaussians into every camera of the batch (all cameras share one image size).
 
-    x, y, z = means_c.unbind(-1)  # [C, N]
+    With ``M = R S`` (so Sigma = M M^T) and ``T = J W`` (the 2x3 Jacobian times the camera
+    rotation), the 2D covariance is ``(T M)(T M)^T``: the 3x3 camera-frame covariance is never
+    formed. Matrices are handled as lists of their entries, each a [N] or [C, N] tensor, because
+    torch on CPU is several times faster on long contiguous tensors than on [..., 3, 3] ones.
+    """
+    width, height = int(cameras.width[0]), int(cameras.height[0])
+    R = _quat_to_rotation_entries(quats)  # 3x3 nested lists of [N]
+    M = [[R[j][k] * scales[:, k] for k in range(3)] for j in range(3)]  # R S
+    W = cameras.world_to_cam[:, :3, :3]  # [C, 3, 3]
+    Wc = [[W[:, j, k, None] for k in range(3)] for j in range(3)]  # entries as [C, 1]
+    t = cameras.world_to_cam[:, :3, 3]
+    mx, my, mz = means.unbind(-1)
+    x, y, z = (Wc[j][0] * mx + Wc[j][1] * my + Wc[j][2] * mz + t[:, j, None] for j in range(3))  # [C, N]
+
     in_depth = (z >= near) & (z <= far)
     z_safe = torch.where(in_depth, z, torch.ones_like(z))  # keeps culled entries finite (and their grads)
     fx, fy = cameras.fx[:, None], cameras.fy[:, None]  # [C, 1]
@@ -88,16 +106,15 @@ def project_gaussians(
     lim_x_neg = cx / fx + 0.3 * (0.5 * width / fx)
     lim_y_pos = (height - cy) / fy + 0.3 * (0.5 * height / fy)
     lim_y_neg = cy / fy + 0.3 * (0.5 * height / fy)
-    u = torch.minimum(torch.maximum(x / z_safe, -lim_x_neg), lim_x_pos)
+    u = torch.minimum(torch.maximum(x / z_safe, -lim_x_neg), lim_x_pos)  # clamped x/z for J
     v = torch.minimum(torch.maximum(y / z_safe, -lim_y_neg), lim_y_pos)
-    zeros = torch.zeros_like(z)
-    J = torch.stack(
-        [fx / z_safe, zeros, -fx * u / z_safe, zeros, fy / z_safe, -fy * v / z_safe], dim=-1
-    ).reshape(*z.shape, 2, 3)  # [C, N, 2, 3]
-    cov2d = J @ covars_c @ J.transpose(-1, -2)  # [C, N, 2, 2]
+    # T = J W with J = [[fx/z, 0, -fx u/z], [0, fy/z, -fy v/z]]
+    gx, gy = fx / z_safe, fy / z_safe
+    T = [[gx * (Wc[0][k] - u * Wc[2][k]) for k in range(3)], [gy * (Wc[1][k] - v * Wc[2][k]) for k in range(3)]]
+    TM = [[T[i][0] * M[0][k] + T[i][1] * M[1][k] + T[i][2] * M[2][k] for k in range(3)] for i in range(2)]
     means2d = torch.stack([fx * x / z_safe + cx, fy * y / z_safe + cy], dim=-1)  # [C, N, 2]
 
-    a, b, c = cov2d[..., 0, 0], 0.5 * (cov2d[..., 0, 1] + cov2d[..., 1, 0]), cov2d[..., 1, 1]
+    a, b, c = (sum(TM[i][k] * TM[j][k] for k in range(3)) for i, j in ((0, 0), (0, 1), (1, 1)))  # 2D covariance
     det_orig = a * c - b * b
     a, c = a + eps2d, c + eps2d
     det = a * c - b * b
@@ -109,7 +126,7 @@ def project_gaussians(
     if antialiased:
         ratio = det_orig / det_safe
         ratio_ok = ratio > 0
-        comp = torch.where(ratio_ok, torch.sqrt(torch.where(ratio_ok, ratio, torch.ones_like(ratio))), zeros)
+        comp = torch.where(ratio_ok, torch.sqrt(torch.where(ratio_ok, ratio, torch.ones_like(ratio))), torch.zeros_like(ratio))
         opac = opac * comp
 
     with torch.no_grad():
