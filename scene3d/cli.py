@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 
@@ -53,9 +53,31 @@ def info(
         print_summary(summary)
 
 
+def bench(
+    name: tyro.conf.Positional[Literal["rasterize"]],
+    json_out: Annotated[bool, tyro.conf.arg(name="json")] = False,
+    repeats: int = 5,
+    torch_on_garden: bool = False,
+) -> None:
+    """Benchmarks. rasterize: forward and forward+backward times of each Gaussian rasterization
+    backend on 10k Gaussians at 128x128 and on garden_points (648x420, 3 cameras).
+
+    Args:
+        name: which benchmark to run.
+        json_out: print a JSON list of records instead of a table.
+        repeats: timed runs per measurement (the median is reported), after one warm-up.
+        torch_on_garden: also time the PyTorch reference on garden (slow, tens of GB).
+    """
+    if name == "rasterize":
+        from scene3d.bench.rasterize import main as run_bench
+
+        run_bench(as_json=json_out, repeats=repeats, torch_on_garden=torch_on_garden)
+
+
 COMMANDS = {
     "process": process,
     "info": info,
+    "bench": bench,
 }
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import scene3d  # noqa: F401  (first, so its OpenMP setting reaches torch)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SCENE3D_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -1,0 +1,1 @@
+"""Model-free compute kernels: ``gaussians`` rasterizes given Gaussian tensors into images."""

@@ -1,0 +1,128 @@
+"""The CPU backend: projection in torch (autograd), tile blending in numba with a hand-written
+backward (:mod:`scene3d.renderers.gaussians._numba_kernels`).
+
+:class:`_BlendCPU` is a ``torch.autograd.Function``: its forward bins and blends the projected
+Gaussians, its backward runs the numba backward kernel and hands dL/d(means2d, conics, opacities,
+features) to autograd, which carries them through the projection to the 3D parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from scene3d.renderers.gaussians.projection import Projection
+from scene3d.renderers.gaussians.settings import TILE_SIZE
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _kernels():
+    """The numba kernels module, imported on first use (numba compiles each kernel on its first
+    call, about half a minute in all, and caches the machine code next to the module)."""
+    import scene3d
+    from scene3d.renderers.gaussians import _numba_kernels as K
+
+    if scene3d.OMP_POLICY_SET_LATE:
+        log.warning(
+            "torch was imported before scene3d with OMP_WAIT_POLICY unset: its OpenMP threads spin "
+            "and slow the CPU rasterizer down; set OMP_WAIT_POLICY=PASSIVE or import scene3d first"
+        )
+    return K
+
+
+def _np(t: Tensor, dtype=np.float32) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().cpu().numpy(), dtype=dtype)
+
+
+class Binning:
+    """Per-tile depth-sorted lists of the projected Gaussians (plus what the kernels need)."""
+
+    def __init__(self, proj: Projection, width: int, height: int):
+        K = _kernels()
+        with torch.no_grad():
+            packed = torch.cat(
+                [proj.means2d, proj.conics, proj.opacities[..., None], proj.log_thresholds[..., None], proj.depths[..., None]],
+                dim=-1,
+            )  # [C, N, 8]
+        self.width, self.height = width, height
+        self.tiles_x = math.ceil(width / TILE_SIZE)
+        self.tiles_y = math.ceil(height / TILE_SIZE)
+        self.gdata, self.offsets, self.ids = K.prepare(_np(packed), _np(proj.radii_xy, np.int32), self.tiles_x, self.tiles_y)
+
+    @property
+    def n_cameras(self) -> int:
+        return self.gdata.shape[0]
+
+    @property
+    def n_gaussians(self) -> int:
+        return self.gdata.shape[1]
+
+    @property
+    def n_pairs(self) -> int:
+        return int(self.ids.shape[0])
+
+    def forward(self, feats: np.ndarray, err: np.ndarray | None = None):
+        K = _kernels()
+        err_in = np.zeros((0, 0, 0), np.float32) if err is None else err
+        out_err = np.zeros(self.n_pairs if err is not None else 0, np.float32)
+        out, T, last = K.rasterize_forward(
+            self.gdata, feats, self.offsets, self.ids, self.width, self.height, self.tiles_x, self.tiles_y, err_in, out_err
+        )
+        return out, T, last, out_err
+
+    def reduce(self, per_pair: np.ndarray) -> np.ndarray:
+        """Per-pair rows [n_pairs, Q] summed per Gaussian -> [C, N, Q]."""
+        K = _kernels()
+        return K.reduce_pairs(per_pair, self.offsets, self.ids, self.n_cameras, self.n_gaussians, self.tiles_x * self.tiles_y)
+
+
+class _BlendCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means2d, conics, opacities, feats, proj, width, height, absgrad_box):
+        binning = Binning(proj, width, height)
+        feats_np = _np(feats)
+        out, T, last, _ = binning.forward(feats_np)
+        ctx.binning, ctx.feats_np, ctx.T, ctx.last = binning, feats_np, T, last
+        ctx.absgrad_box = absgrad_box
+        ctx.feat_dtype = feats.dtype
+        alpha = torch.from_numpy(1.0 - T)
+        return torch.from_numpy(out), alpha
+
+    @staticmethod
+    def backward(ctx, g_out, g_alpha):
+        K = _kernels()
+        b: Binning = ctx.binning
+        g_out_np = _np(g_out) if g_out is not None else np.zeros(ctx.T.shape + (ctx.feats_np.shape[-1],), np.float32)
+        g_alpha_np = _np(g_alpha) if g_alpha is not None else np.zeros_like(ctx.T)
+        per_pair = K.rasterize_backward(
+            b.gdata, ctx.feats_np, b.offsets, b.ids, b.width, b.height, b.tiles_x, b.tiles_y,
+            ctx.T, ctx.last, g_out_np, g_alpha_np,
+        )
+        per_g = torch.from_numpy(b.reduce(per_pair))  # [C, N, 8 + F]
+        if ctx.absgrad_box is not None:
+            ctx.absgrad_box["value"] = per_g[..., 5:7].clone()
+        g_conics = per_g[..., 0:3]
+        g_means2d = per_g[..., 3:5]
+        g_opac = per_g[..., 7]
+        g_feats = per_g[..., 8:]
+        return g_means2d, g_conics, g_opac, g_feats, None, None, None, None
+
+
+def blend(proj: Projection, feats: Tensor, width: int, height: int, absgrad_box: dict | None) -> tuple[Tensor, Tensor]:
+    """Blends features [C, N, F] of projected Gaussians: ([C, H, W, F], alpha [C, H, W])."""
+    return _BlendCPU.apply(proj.means2d, proj.conics, proj.opacities, feats, proj, width, height, absgrad_box)
+
+
+def accumulate_error(proj: Projection, error_map: Tensor, width: int, height: int) -> Tensor:
+    """[C, N]: sum over pixels of each Gaussian's blending weight times ``error_map`` [C, H, W]."""
+    binning = Binning(proj, width, height)
+    feats = np.zeros((binning.n_cameras, binning.n_gaussians, 1), np.float32)
+    _, _, _, per_pair = binning.forward(feats, _np(error_map))
+    return torch.from_numpy(binning.reduce(per_pair[:, None])[..., 0])
