@@ -40,7 +40,7 @@ def process(
 def info(
     scene: tyro.conf.Positional[Path],
     json_out: Annotated[bool, tyro.conf.arg(name="json")] = False,
-    data: Annotated[DataConfig, tyro.conf.arg(name="data")] = DataConfig(),
+    data: Annotated[DataConfig, Flat] = DataConfig(),
 ) -> None:
     """What a user checks before training: format, cameras, split, sparse points, image size."""
     from scene3d.data import load_dataset
@@ -51,6 +51,69 @@ def info(
         print(json.dumps(summary))
     else:
         print_summary(summary)
+
+
+def train(
+    scene: tyro.conf.Positional[Path],
+    output: Annotated[Path, tyro.conf.arg(aliases=("-o",))],
+    model: str = "3dgs",
+    strategy: str = "adc",
+    preset: str = "default",
+) -> None:
+    """Trains a representation on a scene: `scene3d train SCENE -o RUN [--model 3dgs] [--strategy adc]`.
+
+    Run `scene3d train --help` for every option; `--model NAME --help` and `--strategy NAME --help`
+    show that model's and strategy's fields (set as --model.FIELD and --strategy.FIELD).
+    """
+    raise AssertionError("handled by scene3d.train.cli")  # pragma: no cover
+
+
+def eval(
+    target: tyro.conf.Positional[Path],
+    json_out: Annotated[bool, tyro.conf.arg(name="json")] = False,
+    device: str = "auto",
+) -> None:
+    """Test-split metrics (PSNR, SSIM) of a trained run."""
+    from scene3d.train.commands import eval_command
+
+    eval_command(target, json_out=json_out, device=device)
+
+
+def render(
+    run: tyro.conf.Positional[Path],
+    path: Literal["test", "orbit", "spiral"] = "test",
+    output: Annotated[Path | None, tyro.conf.arg(aliases=("-o",))] = None,
+    frames: int = 120,
+    fps: int = 30,
+    width: int | None = None,
+    device: str = "auto",
+) -> None:
+    """Renders a run: the test views (PNGs beside the ground truth) or an orbit/spiral path to an mp4."""
+    from scene3d.train.commands import render_command
+
+    render_command(run, path=path, output=output, frames=frames, fps=fps, width=width, device=device)
+
+
+def export(
+    run: tyro.conf.Positional[Path],
+    output: Annotated[Path, tyro.conf.arg(aliases=("-o",))],
+    format: Literal["ply"] = "ply",
+) -> None:
+    """Exports a trained scene to a file other tools open, in the input data's coordinate frame."""
+    from scene3d.train.commands import export_command
+
+    export_command(run, output, format)
+
+
+def demo(
+    output: Annotated[Path, tyro.conf.arg(aliases=("-o",))] = Path("runs/demo"),
+    max_steps: int = 3000,
+    time_budget: float = 420.0,
+) -> None:
+    """The whole pipeline on the embedded default scene: train 3DGS, evaluate, export, summarise."""
+    from scene3d.train.commands import demo_command
+
+    demo_command(output, max_steps=max_steps, time_budget=time_budget)
 
 
 def bench(
@@ -77,6 +140,11 @@ def bench(
 COMMANDS = {
     "process": process,
     "info": info,
+    "train": train,
+    "eval": eval,
+    "render": render,
+    "export": export,
+    "demo": demo,
     "bench": bench,
 }
 
@@ -87,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     args = [a for a in args if a != "--debug"]
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args and args[0] == "train":
+            from scene3d.train.cli import train_main
+
+            train_main(args[1:])
+            return 0
         tyro.extras.subcommand_cli_from_dict(
             COMMANDS,
             prog="scene3d",

@@ -1,0 +1,11 @@
+"""Densification strategies: which Gaussians to add, split and remove during training."""
+
+from __future__ import annotations
+
+from scene3d.densify.adc import ADCStrategy
+from scene3d.densify.base import StepContext, Strategy
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    "adc": ADCStrategy,
+    "none": Strategy,
+}

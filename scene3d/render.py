@@ -1,0 +1,93 @@
+"""Rendering a trained scene along camera paths: test views, orbits and spirals, to PNGs or mp4."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from scene3d.cameras import Cameras, rigid_inverse
+
+PathKind = Literal["test", "orbit", "spiral"]
+
+
+def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """OpenCV camera-to-world [4, 4] at ``eye`` looking at ``target`` with image-up along ``up``."""
+    fwd = target - eye
+    fwd = fwd / np.linalg.norm(fwd)
+    right = np.cross(fwd, up)
+    if np.linalg.norm(right) < 1e-8:
+        right = np.cross(fwd, np.array([1.0, 0.0, 0.0]))
+    right = right / np.linalg.norm(right)
+    down = np.cross(fwd, right)
+    c2w = np.eye(4)
+    c2w[:3, :3] = np.stack([right, down, fwd], -1)
+    c2w[:3, 3] = eye
+    return c2w
+
+
+def camera_path(ds, kind: PathKind = "orbit", frames: int = 120, width: int | None = None) -> Cameras:
+    """Cameras along a smooth path through the (normalised) scene.
+
+    orbit: a circle around the scene's vertical (+z) axis at the training cameras' mean height and
+    distance, looking at the focus; spiral: an LLFF-style spiral around the mean training pose,
+    for forward-facing captures. Intrinsics are the first training camera's (resized to ``width``).
+    """
+    base = ds.cameras[ds.train_indices[0]]
+    c2w_all = ds.cameras.cam_to_world.double().numpy()
+    centers = c2w_all[:, :3, 3]
+    target = np.zeros(3)
+    poses = []
+    if kind == "orbit":
+        rel = centers - target
+        radius = float(np.linalg.norm(rel[:, :2], axis=-1).mean())
+        height = float(rel[:, 2].mean())
+        start = math.atan2(rel[0, 1], rel[0, 0])
+        for k in range(frames):
+            a = start + 2 * math.pi * k / frames
+            eye = target + np.array([radius * math.cos(a), radius * math.sin(a), height])
+            poses.append(look_at(eye, target, np.array([0.0, 0.0, 1.0])))
+    elif kind == "spiral":
+        mean_c = centers.mean(0)
+        fwd = c2w_all[:, :3, 2].mean(0)
+        fwd /= np.linalg.norm(fwd)
+        right = c2w_all[:, :3, 0].mean(0)
+        down = c2w_all[:, :3, 1].mean(0)
+        spread = np.percentile(np.abs((centers - mean_c) @ np.stack([right, down], -1)), 90, axis=0) + 1e-3
+        focus = mean_c + fwd * float(np.linalg.norm(mean_c - target) or 1.0)
+        for k in range(frames):
+            t = 2 * math.pi * 2 * k / frames
+            eye = mean_c + right * spread[0] * math.cos(t) + down * spread[1] * math.sin(t) + fwd * 0.05 * math.sin(t / 2)
+            poses.append(look_at(eye, focus, -down))
+    else:
+        raise ValueError(f"unknown path kind {kind!r}")
+    w2c = rigid_inverse(torch.from_numpy(np.stack(poses))).float()
+    cams = Cameras.create(w2c, base.fx[0], base.fy[0], base.cx[0], base.cy[0], base.width[0], base.height[0])
+    if width is not None:
+        h = round(int(base.height[0]) * width / int(base.width[0]))
+        cams = cams.resized(width, h)
+    return cams
+
+
+@torch.no_grad()
+def render_frames(model, cams: Cameras, device, background=None):
+    """Yields uint8 [H, W, 3] frames, one per camera."""
+    for i in range(len(cams)):
+        out = model.render(cams[i].to(device), background=background)
+        yield out.rgb[0].clamp(0, 1).mul(255).round().byte().cpu().numpy()
+
+
+def write_video(frames, path: Path, fps: int = 30) -> Path:
+    """Encodes frames to an mp4 (H.264 through imageio-ffmpeg), atomically."""
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".partial" + path.suffix)
+    with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1) as writer:
+        for f in frames:
+            writer.append_data(f)
+    tmp.replace(path)
+    return path

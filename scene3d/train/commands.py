@@ -1,0 +1,112 @@
+"""The eval, render, export and demo commands (their CLI signatures are in scene3d/cli.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scene3d.errors import Scene3dError
+
+
+def eval_command(target: Path, *, json_out: bool = False, device: str = "auto") -> dict:
+    from rich.console import Console
+
+    from scene3d.train.run import load_run
+    from scene3d.train.trainer import evaluate_model, pick_device
+
+    spec, ds, model, state = load_run(target, device)
+    result = evaluate_model(model, ds, pick_device(device), spec.train_cfg.get("background_mode", "auto"))
+    result.update({"step": int(state["step"]), "model": spec.model, "strategy": spec.strategy, "scene": spec.scene})
+    if json_out:
+        print(json.dumps(result))
+    else:
+        Console().print(
+            f"{target}: {result['eval_split']} split, {result['num_images']} images: PSNR {result['psnr']:.2f} dB, "
+            f"SSIM {result['ssim']:.4f}, {result['num_gaussians']:,} primitives (step {result['step']})"
+        )
+    return result
+
+
+def render_command(run: Path, *, path: str = "test", output: Path | None = None, frames: int = 120, fps: int = 30, width: int | None = None, device: str = "auto") -> Path:
+    from rich.console import Console
+    from rich.progress import track
+
+    from scene3d.render import camera_path, render_frames, write_video
+    from scene3d.train.run import load_run
+    from scene3d.train.trainer import _composite, pick_device, save_pair
+
+    spec, ds, model, _ = load_run(run, device)
+    dev = pick_device(device)
+    bg = torch.tensor(ds.background, device=dev) if ds.format == "blender" else None
+    if path == "test":
+        folder = output or (Path(run) / "renders" / "test")
+        indices = ds.test_indices or ds.train_indices
+        for i in track(indices, description="rendering test views"):
+            with torch.no_grad():
+                pred = model.render(ds.cameras[i].to(dev), background=bg).rgb[0].clamp(0, 1)
+            save_pair(folder, Path(ds.names[i]).stem, pred, _composite(ds, i, bg if bg is not None else torch.zeros(3, device=dev), dev)[0])
+        Console().print(f"wrote {len(indices)} test renders (prediction | ground truth) to {folder}")
+        return folder
+    cams = camera_path(ds, path, frames=frames, width=width)
+    out = output or (Path(run) / "renders" / f"{path}.mp4")
+    write_video(track(render_frames(model, cams, dev, bg), total=len(cams), description=f"rendering {path}"), out, fps=fps)
+    Console().print(f"wrote {len(cams)} frames to {out}")
+    return out
+
+
+def export_command(run: Path, output: Path, format: str = "ply") -> Path:
+    from rich.console import Console
+
+    from scene3d.train import checkpoint as ckpt
+    from scene3d.train.trainer import RunSpec
+
+    spec = RunSpec.from_yaml(Path(run) / "config.yaml")
+    state = ckpt.load(Path(run) / "checkpoints" / "latest.pt")
+    if spec.model != "3dgs":
+        raise Scene3dError(f"format {format!r} holds Gaussians; run {run} is a {spec.model} model")
+    if format != "ply":
+        raise Scene3dError(f"unknown export format {format!r}; valid formats: ply")
+    from scene3d.export import write_ply
+
+    to_input = np.linalg.inv(np.asarray(state["dataset"]["transform"], dtype=np.float64))
+    params = {k: v.detach().cpu() for k, v in state["model"]["params"].items()}
+    write_ply(Path(output), params, transform=to_input)
+    Console().print(f"wrote {params['means'].shape[0]:,} Gaussians to {output} ({Path(output).stat().st_size / 1e6:.1f} MB, input coordinate frame)")
+    return Path(output)
+
+
+def demo_command(output: Path, *, max_steps: int = 3000, time_budget: float = 420.0) -> dict:
+    """Embedded default scene -> train (3dgs, demo preset) -> eval -> export -> summary."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from scene3d.train.cli import build_args_class, run_training
+
+    scene = Path(__file__).resolve().parents[2] / "data" / "default_scene"
+    if not (scene / "transforms.json").is_file():
+        raise Scene3dError(f"the embedded default scene is missing at {scene}; run scripts/make_default_scene.py")
+    output = Path(output)
+    cls = build_args_class("3dgs", "adc", "demo")
+    args = cls(scene=scene, output=output)
+    args.train.max_steps = max_steps
+    args.train.time_budget = time_budget
+    if output.exists() and any(output.iterdir()):
+        raise Scene3dError(f"{output} already holds files; choose another folder with -o")
+    result = run_training(scene, output, "3dgs", args.model, "adc", args.strategy, args.data, args.train)
+    ply = export_command(output, output / "scene.ply")
+    table = Table(title="scene3d demo", show_header=False)
+    table.add_row("scene", str(scene))
+    table.add_row("steps", f"{result['steps']} ({result['train_seconds']} s)")
+    table.add_row(f"{result['eval_split']} PSNR / SSIM", f"{result['psnr']:.2f} dB / {result['ssim']:.4f}")
+    table.add_row("Gaussians", f"{result['num_gaussians']:,}")
+    table.add_row("run folder", str(output))
+    table.add_row("test renders", str(output / "renders" / "test"))
+    table.add_row("training curve", str(output / "training_curve.png"))
+    table.add_row("exported scene", str(ply))
+    table.add_row("next", f"scene3d render {output} --path orbit")
+    Console().print(table)
+    (output / "demo_summary.json").write_text(json.dumps({**result, "ply": str(ply)}, indent=2))
+    return result

@@ -1,0 +1,33 @@
+"""Trainer options (free of heavy imports, so the CLI builds instantly)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class TrainConfig:
+    """How training runs, whatever the representation."""
+
+    max_steps: int = 30_000
+    """Number of optimisation steps (one training image per step)."""
+    time_budget: float = 0.0
+    """Stop cleanly after this many seconds of training and evaluate (0: no limit)."""
+    seed: int = 0
+    """Seed of every random choice (image order, backgrounds, initialisation, splits)."""
+    eval_every: int = 0
+    """Evaluate on the test split every N steps (0: only at the end)."""
+    save_every: int = 1000
+    """Write a checkpoint every N steps (and always at the end)."""
+    ssim_lambda: float = 0.2
+    """Loss = (1 - lambda) L1 + lambda (1 - SSIM)."""
+    background_mode: Literal["auto", "white", "black", "random"] = "auto"
+    """Background colour: auto uses the dataset's (white for Blender scenes) and black otherwise;
+    random draws one per step (targets with alpha are composited on the same colour)."""
+    device: str = "auto"
+    """torch device; auto picks cuda when available, else cpu."""
+    log_every: int = 20
+    """Write a training line to metrics.jsonl every N steps."""
+    resume: bool = False
+    """Continue from RUN/checkpoints/latest.pt (exactly where it stopped)."""
