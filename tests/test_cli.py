@@ -40,7 +40,7 @@ def test_info_json_on_embedded_scene():
 
 
 def test_info_table_downscaled():
-    result = run("info", str(DEFAULT_SCENE), "--data.downscale", "2")
+    result = run("info", str(DEFAULT_SCENE), "--downscale", "2")
     assert result.returncode == 0, result.stderr
     assert "200x150" in result.stdout and "nerfstudio" in result.stdout
 

@@ -71,10 +71,9 @@ class GaussianModel(nn.Module):
             return cls.from_points(dataset.points, dataset.point_colors, cfg, scene_scale)
         rng = np.random.default_rng(seed)
         extent = cfg.random_init_extent * max(dataset.scene_radius(), 1e-3)
-        if dataset.aabb is not None:
-            lo, hi = dataset.aabb[0], dataset.aabb[1]
-        else:
-            lo, hi = -extent * np.ones(3), extent * np.ones(3)
+        lo, hi = -extent * np.ones(3), extent * np.ones(3)
+        if dataset.aabb is not None:  # the scene box, where it is tighter than the camera region
+            lo, hi = np.maximum(lo, dataset.aabb[0]), np.minimum(hi, dataset.aabb[1])
         pts = rng.uniform(lo, hi, size=(cfg.random_init, 3))
         return cls.from_points(pts, rng.uniform(size=(cfg.random_init, 3)), cfg, scene_scale)
 
