@@ -25,18 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-C0 = 0.28209479177387814
-C1 = 0.4886025119029199
-C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
-C3 = (
-    -0.5900435899266435,
-    2.890611442640554,
-    -0.4570457994644658,
-    0.3731763325901154,
-    -0.4570457994644658,
-    1.445305721320277,
-    -0.5900435899266435,
-)
+from scene3d.renderers.gaussians.sh import sh_basis
+
 MAX_DEGREE = 3
 
 
@@ -68,34 +58,8 @@ def eval_sh_basis(degree: int, dirs: Tensor) -> Tensor:
     """
     if dirs.shape[-1] != 3:
         raise ValueError(f"dirs must be [..., 3], got {tuple(dirs.shape)}")
-    k = num_sh_bases(degree)
-    d = dirs / torch.linalg.norm(dirs, dim=-1, keepdim=True)
-    x, y, z = d.unbind(-1)
-    out = [torch.full_like(x, C0)]
-    if degree >= 1:
-        out += [-C1 * y, C1 * z, -C1 * x]
-    if degree >= 2:
-        xx, yy, zz = x * x, y * y, z * z
-        out += [
-            C2[0] * x * y,
-            C2[1] * y * z,
-            C2[2] * (2 * zz - xx - yy),
-            C2[3] * x * z,
-            C2[4] * (xx - yy),
-        ]
-    if degree >= 3:
-        out += [
-            C3[0] * y * (3 * xx - yy),
-            C3[1] * x * y * z,
-            C3[2] * y * (4 * zz - xx - yy),
-            C3[3] * z * (2 * zz - 3 * xx - 3 * yy),
-            C3[4] * x * (4 * zz - xx - yy),
-            C3[5] * z * (xx - yy),
-            C3[6] * x * (xx - 3 * yy),
-        ]
-    result = torch.stack(out, dim=-1)
-    assert result.shape[-1] == k
-    return result
+    num_sh_bases(degree)  # validates the degree
+    return sh_basis(degree, dirs / torch.linalg.norm(dirs, dim=-1, keepdim=True))
 
 
 def eval_sh(coeffs: Tensor, dirs: Tensor) -> Tensor:
