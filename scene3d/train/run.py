@@ -55,7 +55,7 @@ def create_trainer(scene: Path, output: Path, model_name: str, model_cfg, strate
     else:
         if output.exists() and any(output.iterdir()):
             raise DataError(output, "already holds files; choose a new output folder or add --resume to continue the run")
-        spec = RunSpec(str(scene), model_name, _cfg_dict(model_cfg), strategy_name, _cfg_dict(strategy), _cfg_dict(data_cfg), _cfg_dict(train_cfg))
+        spec = RunSpec(str(Path(scene).resolve()), model_name, _cfg_dict(model_cfg), strategy_name, _cfg_dict(strategy), _cfg_dict(data_cfg), _cfg_dict(train_cfg))
     torch.manual_seed(train_cfg.seed)
     ds = prepare_dataset(Path(spec.scene), DataConfig(**{**spec.data_cfg, "background": tuple(spec.data_cfg["background"])}), model_name)
     cls = model_class(model_name)
