@@ -97,6 +97,8 @@ CASES = {
     "near_far": lambda: (random_scene(300, 40, 30, seed=9), RasterSettings(near=2.5, far=3.5)),
     "no_depth": lambda: (random_scene(200, 40, 30, seed=10), RasterSettings(render_depth=False)),
     "dense": lambda: (random_scene(3000, 64, 48, seed=11), RasterSettings()),
+    # thin, long, rotated ellipses (std 0.05-25 px per axis) stress which rows each one visits
+    "elongated": lambda: (random_scene(400, 64, 48, seed=13, std_px=(0.05, 25.0)), RasterSettings()),
     "two_cameras": lambda: (_two_cameras(random_scene(300, 40, 30, seed=12)), RasterSettings()),
     "garden": lambda: (small_garden(), RasterSettings()),
 }
