@@ -1,9 +1,10 @@
 """Gaussian rasterization: every backend through the same cases, edge cases, AbsGS gradients and
 pixel-error accumulation against brute force, and the projection maths.
 
-Backends are compared with the tolerances of :func:`assert_backends_agree`: forward outputs
-within 1e-4 (absolute), gradients within 1e-3 of the largest gradient of that tensor (relative).
-The PyTorch reference is slow, so its scenes stay small.
+Backends are compared by :func:`assert_backends_agree` with the tolerances of ``TOLERANCES``: for
+cpu against the torch reference, forward outputs within 1e-4 (depth: relative to its largest
+value) and gradients within 1e-3 of the largest gradient of that tensor. The PyTorch reference is
+slow, so its scenes stay small.
 """
 
 from __future__ import annotations
@@ -28,8 +29,15 @@ from scene3d.renderers.gaussians import (
 )
 from scene3d.renderers.gaussians.projection import project_gaussians, quat_scale_to_covar
 
-FWD_ATOL = 1e-4
-GRAD_RTOL = 1e-3
+# (forward max abs error, forward mean abs error, gradient max error relative to the tensor's max)
+TOLERANCES = {
+    # same projection code and bit-identical reach decisions: only exp and summation order differ
+    "cpu": (1e-4, 1e-6, 1e-3),
+    # gsplat projects in CUDA and uses __expf, so a pixel-Gaussian pair right at alpha = 1/255 (or
+    # at the 1e-4 transmittance stop) can fall on the other side: such a flip moves one pixel by up
+    # to 1/255 of a colour. Not calibrated on hardware here (no GPU on the development machine).
+    "gsplat": (5e-3, 1e-5, 1e-2),
+}
 HAS_CUDA = torch.cuda.is_available()
 CPU_BACKENDS = available_backends("cpu")
 needs_numba = pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="numba is not installed")
@@ -55,14 +63,18 @@ def render(scene: GaussianScene, settings: RasterSettings, device: str = "cpu") 
     return {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in res.items()}
 
 
-def assert_backends_agree(a: dict, b: dict, fwd_atol: float = FWD_ATOL, grad_rtol: float = GRAD_RTOL) -> None:
-    """The one place backend tolerances live."""
+def assert_backends_agree(a: dict, b: dict, backend: str = "cpu") -> None:
+    """Compares the render ``a`` of ``backend`` with the reference render ``b``, with the
+    tolerances of :data:`TOLERANCES` (the one place they live)."""
+    fwd_atol, fwd_mean, grad_rtol = TOLERANCES[backend]
     for key in ("rgb", "alpha", "depth"):
         if a[key] is None:
             assert b[key] is None
             continue
-        err = (a[key] - b[key]).abs().max().item()
-        assert err <= fwd_atol, f"{key} differs by {err:.3g} (tolerance {fwd_atol})"
+        diff = (a[key] - b[key]).abs()
+        scale = 1.0 if key != "depth" else max(1.0, b[key].abs().max().item())  # depth in scene units
+        assert diff.max().item() <= fwd_atol * scale, f"{key} differs by {diff.max().item():.3g} (tolerance {fwd_atol})"
+        assert diff.mean().item() <= fwd_mean * scale, f"{key} differs by {diff.mean().item():.3g} on average"
     assert torch.equal(a["radii"], b["radii"]), "radii differ"
     for key in [f"grad_{n}" for n in PARAM_NAMES] + ["grad_means2d"]:
         ga, gb = a[key], b[key]
@@ -97,6 +109,8 @@ CASES = {
     "near_far": lambda: (random_scene(300, 40, 30, seed=9), RasterSettings(near=2.5, far=3.5)),
     "no_depth": lambda: (random_scene(200, 40, 30, seed=10), RasterSettings(render_depth=False)),
     "dense": lambda: (random_scene(3000, 64, 48, seed=11), RasterSettings()),
+    # thin, long, rotated ellipses (std 0.05-25 px per axis) stress which rows each one visits
+    "elongated": lambda: (random_scene(400, 64, 48, seed=13, std_px=(0.05, 25.0)), RasterSettings()),
     "two_cameras": lambda: (_two_cameras(random_scene(300, 40, 30, seed=12)), RasterSettings()),
     "garden": lambda: (small_garden(), RasterSettings()),
 }
@@ -123,7 +137,7 @@ def test_backends_agree(backend, reference, case):
     ref = render(scene, replace(settings, backend=reference), "cpu")
     got = render(scene, replace(settings, backend=backend), "cuda" if backend == "gsplat" else "cpu")
     assert ref["alpha"].max() > 0.5, "the case should cover part of the image"
-    assert_backends_agree(got, ref)
+    assert_backends_agree(got, ref, backend)
 
 
 # ---------------------------------------------------------------------------------- edge cases

@@ -1,30 +1,37 @@
-"""Numba kernels of the CPU rasterizer: tile binning, forward blending, the hand-written backward,
-and the per-Gaussian accumulation of a pixel-error map.
+"""Numba kernels of the CPU rasterizer: packing and tile binning, forward blending, the
+hand-written backward, and the per-Gaussian accumulation of a pixel-error map.
 
-Layout. Gaussians arrive already projected, one packed float32 record per (camera, Gaussian):
-``gdata[c, n] = (mx, my, a, b, c, opacity, log_threshold, y_extent)`` and the features to blend
-``feats[c, n, :F]``. A pixel centre p = (j + 0.5, i + 0.5) sees Gaussian n with
-``sigma = 0.5 (a dx^2 + c dy^2) + b dx dy``, ``dx = mx - px``, ``dy = my - py``, and is reached iff
-``0 <= sigma <= log_threshold`` (the same test as gsplat's ``opacity exp(-sigma) >= 1/255``, done
-in exponent space so the PyTorch reference can make bit-identical decisions). Then
-``alpha = min(0.999, opacity exp(-sigma))`` and front-to-back blending stops (exclusive) once the
-transmittance would fall to 1e-4 or below.
+Inputs. Gaussians arrive already projected (by the torch code in ``projection.py``), per camera:
+centre (mx, my), conic (a, b, c), opacity and ``log_threshold = ln(255 opacity)``, depth, and the
+features to blend ``feats[c, n, :F]`` (F a multiple of 4). A pixel centre p = (j + 0.5, i + 0.5)
+sees Gaussian n with ``sigma = 0.5 (a dx^2 + c dy^2) + b dx dy``, ``dx = mx - px``,
+``dy = my - py``, and is reached iff ``0 <= sigma <= log_threshold`` (gsplat's test
+``opacity exp(-sigma) >= 1/255``, done in exponent space so that the PyTorch reference makes
+bit-identical decisions). Then ``alpha = min(0.999, opacity exp(-sigma))``, and front-to-back
+blending stops (exclusively) once the transmittance would fall to 1e-4 or below.
 
-Speed (see PERF-NOTES): 16x16 tiles processed in parallel (``prange``); per Gaussian, only the tile
-rows its ellipse reaches, each row a branch-free loop over 16 pixels (one AVX-512 vector) with a
-polynomial exp; rows whose pixels have all stopped are skipped, and a tile stops once all its pixels
-have. float32 throughout: every constant is a float32 so nothing is promoted to float64.
+Work layout (see PERF-NOTES):
+
+- :func:`prepare` sorts each camera's visible Gaussians by depth and fills per-tile lists
+  (count, prefix sum, fill in depth order), so each 16x16 tile's list is front to back.
+- Tiles run in parallel (``prange``). A tile's 256 pixels are stored as two strips of 16 rows x 8
+  columns, one AVX2 vector per strip row. For each Gaussian, :func:`_strip_rows` finds in closed
+  form the rows of each strip its reachable ellipse touches, and the blend runs over that
+  contiguous run of pixels: a branch-free loop with a polynomial exp (:func:`fast_exp`) that the
+  compiler vectorises. Rows whose pixels have all stopped are skipped; a tile stops once all its
+  pixels have. float32 throughout: constants are float32 so nothing is promoted to float64.
+- Backward (:func:`rasterize_backward`): each tile's list is walked back to front from the last
+  Gaussian any pixel blended; each pixel's transmittance is recovered from its final value,
+  ``T_i = T_{i+1} / (1 - alpha_i)`` (as 3DGS does). Sums over a tile's pixels go to one slot per
+  (tile, Gaussian) pair and are reduced per Gaussian in list order (:func:`reduce_pairs`), so
+  results do not depend on the thread schedule.
 
 Floating point. The kernels are compiled with fast-math flags that allow vectorisation but neither
-reassociation nor FMA contraction (except inside :func:`fast_exp` and the sums of
-``_pair_grads``/``_dot``, which decide nothing), so ``sigma`` is computed with exactly the operations (and
-roundings) of the PyTorch reference and of the other kernels here: forward, backward and error
-accumulation agree bit for bit on which Gaussian reaches which pixel.
-
-Backward: the tile list is walked back to front; each pixel's transmittance is recovered from its
-final value, ``T_i = T_{i+1} / (1 - alpha_i)`` (as 3DGS does). Per-Gaussian sums over a tile's
-pixels are kept in 16 lanes and written to one slot per (tile, Gaussian) pair, then reduced in list
-order, so results are deterministic whatever the thread schedule.
+reassociation nor FMA contraction (except inside :func:`fast_exp` and the reductions, which decide
+nothing), so ``sigma`` is computed with exactly the operations and roundings of the PyTorch
+reference: forward, backward, error accumulation and the reference agree bit for bit on which
+Gaussian reaches which pixel. ``error_model="numpy"`` drops numba's division-by-zero checks,
+which would otherwise stop the loops from vectorising.
 """
 
 from __future__ import annotations
@@ -37,14 +44,13 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 TILE = 16
-# Vectorisable without changing any rounding: no 'reassoc', no 'contract'.
+# Vectorisable without changing any rounding: no 'reassoc', no 'contract' (see the docstring).
 FLAGS = {"nnan", "ninf", "nsz", "arcp"}
 
 F32 = np.float32
 ZERO = F32(0.0)
 HALF = F32(0.5)
 ONE = F32(1.0)
-TWO = F32(2.0)
 ALPHA_MAX = F32(0.999)
 T_MIN = F32(1e-4)
 EXP_FLOOR = F32(-80.0)
@@ -59,7 +65,11 @@ P3 = F32(4.1665795894e-2)
 P4 = F32(1.6666665459e-1)
 P5 = F32(5.0000001201e-1)
 # Row culling margin (pixels): rows are skipped only when clearly out of reach.
-ROW_MARGIN = F32(0.01)
+ROW_MARGIN = 0.01
+# A tile's 256 pixels are stored as two strips of 16 rows x 8 columns (one AVX2 vector per row
+# of a strip): pixel (row r, column j) is at ((j // 8) * 16 + r) * 8 + j % 8. A Gaussian is
+# blended into a contiguous run of rows of each strip it reaches.
+STRIP = 8
 
 
 @intrinsic
@@ -120,15 +130,19 @@ def prepare(packed, radii_xy, tiles_x, tiles_y):
         packed: [C, N, 8] float32 (mx, my, a, b, c, opacity, log_threshold, depth);
         radii_xy: [C, N, 2] int32 (0 = culled).
     Returns:
-        gdata: [C, N, 8] float32 records (depth replaced by the y extent of the reachable ellipse,
-            ``sqrt(2 log_threshold cov_yy)`` plus a small margin);
+        gdata: [C, N, 13] float32 records: the first 7 fields of ``packed``, then the geometry
+            of the reachable ellipse (sigma <= log_threshold) used to pick the rows to visit:
+            its y and x half-extents ``ey = sqrt(2 thr cov_yy)``, ``ex = sqrt(2 thr cov_xx)``,
+            and, with u = x - mx and v = y - my, the constants of its lower and upper boundary
+            ``v = -kb u -+ sqrt(kv2 u^2 + kv3)`` and the u of its topmost point ``ut`` (the
+            bottommost is at -ut);
         offsets: [C * tiles_y * tiles_x + 1] int64, tile t's list is ids[offsets[t]:offsets[t+1]];
         ids: [n_pairs] int32 Gaussian indices (within their camera), each list sorted by depth
             (ties by index, as a stable sort).
     """
     C, N = packed.shape[0], packed.shape[1]
     n_tiles = tiles_x * tiles_y
-    gdata = np.empty((C, N, 8), np.float32)
+    gdata = np.empty((C, N, 13), np.float32)
     counts = np.zeros((C, n_tiles), np.int64)
     order = np.empty((C, N), np.int64)
     n_visible = np.zeros(C, np.int64)
@@ -142,6 +156,12 @@ def prepare(packed, radii_xy, tiles_x, tiles_y):
             thr = float(packed[cam, n, 6])
             det = max(a * c - b * b, 1e-30)
             gdata[cam, n, 7] = np.float32(math.sqrt(max(2.0 * thr, 0.0) * max(a, 0.0) / det) * 1.001 + 1e-3)
+            gdata[cam, n, 8] = np.float32(math.sqrt(max(2.0 * thr, 0.0) * max(c, 0.0) / det) * 1.001 + 1e-3)
+            a_safe, c_safe = max(a, 1e-30), max(c, 1e-30)
+            gdata[cam, n, 9] = np.float32(b / c_safe)
+            gdata[cam, n, 10] = np.float32((b * b - a * c) / (c_safe * c_safe))
+            gdata[cam, n, 11] = np.float32(2.0 * max(thr, 0.0) / c_safe)
+            gdata[cam, n, 12] = np.float32(b * math.sqrt(max(2.0 * thr, 0.0) * max(a, 0.0) / det) / a_safe)
             rx, ry = radii_xy[cam, n, 0], radii_xy[cam, n, 1]
             if rx <= 0 or ry <= 0:
                 continue
@@ -175,28 +195,33 @@ def prepare(packed, radii_xy, tiles_x, tiles_y):
     return gdata, offsets, ids
 
 
-@njit(inline="always", fastmath=FLAGS, error_model="numpy")
-def _row_span(my, ey, y0):
-    """Tile rows [r0, r1) whose pixel centres lie within ``ey`` of ``my``."""
-    lo = my - ey - ROW_MARGIN - F32(y0) - HALF
-    hi = my + ey + ROW_MARGIN - F32(y0) - HALF
-    r0 = min(max(int(math.ceil(lo)), 0), TILE)
-    r1 = max(min(int(math.floor(hi)) + 1, TILE), r0)
+@njit(inline="always", error_model="numpy")
+def _strip_rows(gdata, cam, g, x0, y0, strip, row_count, floor):
+    """Rows [r0, r1) of one strip of a tile that the Gaussian's reachable ellipse can touch
+    (conservatively, in float64 with margins), less the rows at either end whose ``row_count``
+    is not above ``floor`` (rows with no live pixel, or nothing left to walk back)."""
+    mx, my = float(gdata[cam, g, 0]), float(gdata[cam, g, 1])
+    ey, ex = float(gdata[cam, g, 7]), float(gdata[cam, g, 8])
+    xs = x0 + strip * STRIP
+    uL = xs + 0.5 - ROW_MARGIN - mx  # the strip's pixel centres, relative to the centre
+    uR = xs + STRIP - 0.5 + ROW_MARGIN - mx
+    if uR < -ex or uL > ex:
+        return 0, 0
+    kb, kv2, kv3, ut = float(gdata[cam, g, 9]), float(gdata[cam, g, 10]), float(gdata[cam, g, 11]), float(gdata[cam, g, 12])
+    tol = 1e-5 * kv3 + 1e-6
+    # topmost point within the slab: the ellipse's own top if its u lies in [uL, uR], else the
+    # lower boundary at the nearer edge (the boundary is convex); likewise for the bottom
+    u = min(max(ut, uL), uR)
+    top = -ey if u == ut else -kb * u - math.sqrt(max(kv2 * u * u + kv3 + tol, 0.0))
+    u = min(max(-ut, uL), uR)
+    bottom = ey if u == -ut else -kb * u + math.sqrt(max(kv2 * u * u + kv3 + tol, 0.0))
+    r0 = min(max(int(math.ceil(my + top - y0 - 0.5 - ROW_MARGIN)), 0), TILE)
+    r1 = max(min(int(math.floor(my + bottom - y0 - 0.5 + ROW_MARGIN)) + 1, TILE), r0)
+    while r0 < r1 and row_count[strip, r0] <= floor:
+        r0 += 1
+    while r1 > r0 and row_count[strip, r1 - 1] <= floor:
+        r1 -= 1
     return r0, r1
-
-
-@njit(inline="always", fastmath=FLAGS, error_model="numpy")
-def _row_reaches(a, b, c, thr, mx, my, row_y, x0):
-    """Whether the ellipse sigma <= thr crosses the pixel row at height ``row_y`` within the
-    tile's columns [x0, x0 + 16) (conservatively: a few pixels of slack)."""
-    dy = my - row_y
-    disc = dy * dy * (b * b - a * c) + TWO * a * thr
-    if disc < ZERO:
-        return disc > -F32(1e-3) * (TWO * a * thr + F32(1e-6))
-    half = math.sqrt(disc) / a
-    centre = mx + b * dy / a  # px = mx - dx with dx in -b dy / a +- half
-    slack = half * F32(1e-3) + ROW_MARGIN + ONE
-    return centre + half + slack >= F32(x0) and centre - half - slack <= F32(x0 + TILE)
 
 
 @njit(inline="always", fastmath=FLAGS, error_model="numpy")
@@ -207,8 +232,9 @@ def _sigma(a, b, c, dx, dy):
 
 
 @njit(fastmath=FLAGS, error_model="numpy")
-def _blend_span(p0, n, px, py, T, act, last, w, mx, my, a, b, c, o, thr, kk):
-    """Blends one Gaussian into the pixels [p0, p0 + n) of a tile; returns 1 if any of them
+def _blend_span(p0, n, px, py, T, act, last, w, acc, f0, f1, f2, f3, mx, my, a, b, c, o, thr, kk):
+    """Blends one Gaussian into the pixels [p0, p0 + n) of a tile, accumulating its first four
+    feature channels (f0..f3) into acc[0:4] and writing the weights to w; returns 1 if any pixel
     stopped. Branch-free so that it vectorises. (Offsets are unsigned and arrays are passed
     whole: numba then emits no negative-index checks, and no slice views, whose reference
     counting costs more than the arithmetic here.)"""
@@ -224,7 +250,12 @@ def _blend_span(p0, n, px, py, T, act, last, w, mx, my, a, b, c, o, thr, kk):
         nT = Tj * (ONE - alpha)
         stop = inc & (nT <= T_MIN)
         ae = alpha if inc & (nT > T_MIN) else ZERO
-        w[j] = ae * Tj
+        wj = ae * Tj
+        w[j] = wj
+        acc[0, j] += wj * f0
+        acc[1, j] += wj * f1
+        acc[2, j] += wj * f2
+        acc[3, j] += wj * f3
         T[j] = Tj * (ONE - ae)
         last[j] = max(last[j], kk * np.int32(ae > ZERO))
         act[j] = min(act[j], np.float32(not stop))
@@ -233,11 +264,15 @@ def _blend_span(p0, n, px, py, T, act, last, w, mx, my, a, b, c, o, thr, kk):
 
 
 @njit(fastmath=FLAGS, error_model="numpy")
-def _axpy(p0, n, acc, f, w, v):
-    """acc[f, p] += w[p] * v over the span."""
+def _axpy4(p0, n, acc, f, w, v0, v1, v2, v3):
+    """acc[f + q, p] += w[p] * v_q over the span, for q = 0..3."""
     for i in range(n):
         j = p0 + i
-        acc[f, j] += w[j] * v
+        wj = w[j]
+        acc[f, j] += wj * v0
+        acc[f + 1, j] += wj * v1
+        acc[f + 2, j] += wj * v2
+        acc[f + 3, j] += wj * v3
 
 
 @njit(fastmath=True, error_model="numpy")
@@ -267,14 +302,20 @@ def _tile_coords(t, n_tiles, tiles_x):
     return cam, tx * TILE, ty * TILE
 
 
+@njit(inline="always")
+def _pix(r, j):
+    """Index of the tile pixel at row r, column j (strip layout)."""
+    return ((j // STRIP) * TILE + r) * STRIP + j % STRIP
+
+
 @njit(inline="always", fastmath=FLAGS, error_model="numpy")
 def _pixel_centres(x0, y0):
     px = np.empty(TILE * TILE, np.float32)
     py = np.empty(TILE * TILE, np.float32)
     for r in range(TILE):
         for j in range(TILE):
-            px[r * TILE + j] = F32(x0 + j) + HALF
-            py[r * TILE + j] = F32(y0 + r) + HALF
+            px[_pix(r, j)] = F32(x0 + j) + HALF
+            py[_pix(r, j)] = F32(y0 + r) + HALF
     return px, py
 
 
@@ -283,7 +324,8 @@ def rasterize_forward(gdata, feats, offsets, ids, width, height, tiles_x, tiles_
     """Front-to-back blending of every tile.
 
     Args:
-        gdata: [C, N, 8] float32 packed records (see module docstring); feats: [C, N, F] float32;
+        gdata: [C, N, 13] float32 records from :func:`prepare`; feats: [C, N, F] float32, F a
+            multiple of 4 (pad with zeros);
         offsets, ids: from :func:`prepare`;
         err: [C, H, W] float32 per-pixel error to accumulate onto Gaussians, or an empty array;
         out_err: [n_pairs] float32 output, per (tile, Gaussian) pair the sum over the tile's pixels
@@ -312,14 +354,14 @@ def rasterize_forward(gdata, feats, offsets, ids, width, height, tiles_x, tiles_
         act = np.zeros(P, np.float32)
         errt = np.zeros(P, np.float32)
         w = np.zeros(P, np.float32)
-        row_live = np.zeros(TILE, np.int32)
+        row_live = np.zeros((2, TILE), np.int32)  # live pixels per strip row
         nr, nc = min(TILE, height - y0), min(TILE, width - x0)
         for r in range(nr):
-            row_live[r] = nc
             for j in range(nc):
-                act[r * TILE + j] = ONE
+                act[_pix(r, j)] = ONE
+                row_live[j // STRIP, r] += 1
                 if with_err:
-                    errt[r * TILE + j] = err[cam, y0 + r, x0 + j]
+                    errt[_pix(r, j)] = err[cam, y0 + r, x0 + j]
         live = nr * nc
         for k in range(start, end):
             if live == 0:
@@ -328,33 +370,39 @@ def rasterize_forward(gdata, feats, offsets, ids, width, height, tiles_x, tiles_
             mx, my = gdata[cam, g, 0], gdata[cam, g, 1]
             a, b, c = gdata[cam, g, 2], gdata[cam, g, 3], gdata[cam, g, 4]
             o, thr = gdata[cam, g, 5], gdata[cam, g, 6]
-            r0, r1 = _row_span(my, gdata[cam, g, 7], y0)
-            while r0 < r1 and (row_live[r0] == 0 or not _row_reaches(a, b, c, thr, mx, my, py[r0 * TILE], x0)):
-                r0 += 1
-            while r1 > r0 and (row_live[r1 - 1] == 0 or not _row_reaches(a, b, c, thr, mx, my, py[(r1 - 1) * TILE], x0)):
-                r1 -= 1
-            if r0 == r1:
-                continue
-            p0, n = np.uint64(r0 * TILE), np.uint64((r1 - r0) * TILE)
             kk = np.int32(k - start + 1)
-            stopped = _blend_span(p0, n, px, py, T, act, last, w, mx, my, a, b, c, o, thr, kk)
-            for f in range(F):
-                _axpy(p0, n, acc, np.uint64(f), w, feats[cam, g, f])
+            werr = ZERO
+            for strip in range(2):
+                r0, r1 = _strip_rows(gdata, cam, g, x0, y0, strip, row_live, 0)
+                if r0 == r1:
+                    continue
+                p0, n = np.uint64((strip * TILE + r0) * STRIP), np.uint64((r1 - r0) * STRIP)
+                stopped = _blend_span(
+                    p0, n, px, py, T, act, last, w, acc,
+                    feats[cam, g, 0], feats[cam, g, 1], feats[cam, g, 2], feats[cam, g, 3],
+                    mx, my, a, b, c, o, thr, kk,
+                )
+                for f in range(4, F, 4):
+                    v0, v1, v2, v3 = feats[cam, g, f], feats[cam, g, f + 1], feats[cam, g, f + 2], feats[cam, g, f + 3]
+                    _axpy4(p0, n, acc, np.uint64(f), w, v0, v1, v2, v3)
+                if with_err:
+                    werr += _sum_product(p0, n, w, errt)
+                if stopped > 0:
+                    for r in range(r0, r1):
+                        alive = 0
+                        for j in range(STRIP):
+                            alive += act[(strip * TILE + r) * STRIP + j] > ZERO
+                        live -= row_live[strip, r] - alive
+                        row_live[strip, r] = alive
             if with_err:
-                out_err[k] = _sum_product(p0, n, w, errt)
-            if stopped > 0:
-                for r in range(r0, r1):
-                    n = 0
-                    for j in range(TILE):
-                        n += act[r * TILE + j] > ZERO
-                    live -= row_live[r] - n
-                    row_live[r] = n
+                out_err[k] = werr
         for r in range(nr):
             for j in range(nc):
-                out_T[cam, y0 + r, x0 + j] = T[r * TILE + j]
-                out_last[cam, y0 + r, x0 + j] = last[r * TILE + j]
+                p = _pix(r, j)
+                out_T[cam, y0 + r, x0 + j] = T[p]
+                out_last[cam, y0 + r, x0 + j] = last[p]
                 for f in range(F):
-                    out[cam, y0 + r, x0 + j, f] = acc[f, r * TILE + j]
+                    out[cam, y0 + r, x0 + j, f] = acc[f, p]
     return out, out_T, out_last
 
 
@@ -362,10 +410,11 @@ NG = 8  # per-pair gradient slots before the features: a, b, c, mx, my, |mx|, |m
 
 
 @njit(fastmath=FLAGS, error_model="numpy")
-def _unblend_span(p0, n, px, py, T, T_final, S, last, gA, fg, wgt_out, dLds, gO, mx, my, a, b, c, o, thr, kk):
-    """Walks one Gaussian back out of a run of pixels (views): restores each pixel's
+def _unblend_span(p0, n, px, py, T, T_final, S, last, gA, gF, fg_rest, f0, f1, f2, f3, wgt_out, dLds, gO, mx, my, a, b, c, o, thr, kk):
+    """Walks one Gaussian back out of the pixels [p0, p0 + n): restores each pixel's
     transmittance before it, and writes the per-pixel dL/dsigma, dL/dopacity and the blending
-    weight (for the feature gradients), over pixels [p0, p0 + n). Branch-free."""
+    weight (for the feature gradients). dL/d(pixel) . features is fg_rest (channels from 4 on)
+    plus the first four channels (f0..f3 against gF[0:4]). Branch-free."""
     for i in range(n):
         j = p0 + i
         dx = mx - px[j]
@@ -378,9 +427,10 @@ def _unblend_span(p0, n, px, py, T, T_final, S, last, gA, fg, wgt_out, dLds, gO,
         rinv = ONE / (ONE - alpha)
         mf = np.float32(inc)
         T_before = T[j] * rinv if inc else T[j]
-        dL_da = T_before * fg[j] - S[j] * rinv + gA[j] * T_final[j] * rinv
+        fg = fg_rest[j] + f0 * gF[0, j] + f1 * gF[1, j] + f2 * gF[2, j] + f3 * gF[3, j]
+        dL_da = T_before * fg - S[j] * rinv + gA[j] * T_final[j] * rinv
         wgt = alpha * T_before * mf
-        S[j] += wgt * fg[j]
+        S[j] += wgt * fg
         T[j] = T_before
         g_live = mf * np.float32(oe <= ALPHA_MAX) * dL_da
         dLds[j] = -oe * g_live
@@ -389,14 +439,12 @@ def _unblend_span(p0, n, px, py, T, T_final, S, last, gA, fg, wgt_out, dLds, gO,
 
 
 @njit(fastmath=FLAGS, error_model="numpy")
-def _feature_dot(p0, n, fg, gF, feats, cam, g):
-    """fg[p] = sum_f feats[cam, g, f] * gF[f, p] over the span."""
+def _feature_dot_rest(p0, n, fg, gF, feats, cam, g):
+    """fg[p] = sum over channels f >= 4 of feats[cam, g, f] * gF[f, p] over the span."""
     F = gF.shape[0]
-    v = feats[cam, g, 0]
     for i in range(n):
-        j = p0 + i
-        fg[j] = v * gF[0, j]
-    for f in range(1, F):
+        fg[p0 + i] = ZERO
+    for f in range(4, F):
         v = feats[cam, g, f]
         for i in range(n):
             j = p0 + i
@@ -404,8 +452,9 @@ def _feature_dot(p0, n, fg, gF, feats, cam, g):
 
 
 @njit(fastmath=True, error_model="numpy")
-def _pair_grads(p0, n, px, py, dLds, gO, mx, my, a, b, c, out, k):
-    """Sums the per-pixel terms of one Gaussian into out[0:8] (a, b, c, mx, my, |mx|, |my|, opacity)."""
+def _pair_grads(p0, n, px, py, dLds, gO, wgt, gF, mx, my, a, b, c, out):
+    """Adds the per-pixel terms of one Gaussian to out[0:12]: a, b, c, mx, my, |mx|, |my|,
+    opacity, and the first four feature channels."""
     s0 = ZERO
     s1 = ZERO
     s2 = ZERO
@@ -414,6 +463,10 @@ def _pair_grads(p0, n, px, py, dLds, gO, mx, my, a, b, c, out, k):
     s5 = ZERO
     s6 = ZERO
     s7 = ZERO
+    f0 = ZERO
+    f1 = ZERO
+    f2 = ZERO
+    f3 = ZERO
     for i in range(n):
         j = p0 + i
         dx = mx - px[j]
@@ -429,14 +482,23 @@ def _pair_grads(p0, n, px, py, dLds, gO, mx, my, a, b, c, out, k):
         s5 += abs(gx)
         s6 += abs(gy)
         s7 += gO[j]
-    out[k, 0] = s0
-    out[k, 1] = s1
-    out[k, 2] = s2
-    out[k, 3] = s3
-    out[k, 4] = s4
-    out[k, 5] = s5
-    out[k, 6] = s6
-    out[k, 7] = s7
+        wj = wgt[j]
+        f0 += wj * gF[0, j]
+        f1 += wj * gF[1, j]
+        f2 += wj * gF[2, j]
+        f3 += wj * gF[3, j]
+    out[0] += s0
+    out[1] += s1
+    out[2] += s2
+    out[3] += s3
+    out[4] += s4
+    out[5] += s5
+    out[6] += s6
+    out[7] += s7
+    out[8] += f0
+    out[9] += f1
+    out[10] += f2
+    out[11] += f3
 
 
 @njit(parallel=True, fastmath=FLAGS, error_model="numpy", cache=True)
@@ -467,43 +529,54 @@ def rasterize_backward(gdata, feats, offsets, ids, width, height, tiles_x, tiles
         gF = np.zeros((F, P), np.float32)
         gA = np.zeros(P, np.float32)
         S = np.zeros(P, np.float32)
-        row_last = np.zeros(TILE, np.int32)
+        row_last = np.zeros((2, TILE), np.int32)  # per strip row, the longest blended prefix
         for r in range(min(TILE, height - y0)):
             for j in range(min(TILE, width - x0)):
-                p = r * TILE + j
+                p = _pix(r, j)
                 T[p] = out_T[cam, y0 + r, x0 + j]
                 last[p] = out_last[cam, y0 + r, x0 + j]
                 gA[p] = g_alpha[cam, y0 + r, x0 + j]
                 for f in range(F):
                     gF[f, p] = g_out[cam, y0 + r, x0 + j, f]
-                row_last[r] = max(row_last[r], last[p])
+                row_last[j // STRIP, r] = max(row_last[j // STRIP, r], last[p])
         T_final = T.copy()
         n_last = 0
-        for r in range(TILE):
-            n_last = max(n_last, row_last[r])
+        for strip in range(2):
+            for r in range(TILE):
+                n_last = max(n_last, row_last[strip, r])
         fg = np.zeros(P, np.float32)
         wgt = np.zeros(P, np.float32)
         dLds = np.zeros(P, np.float32)
         gO = np.zeros(P, np.float32)
+        sums = np.zeros(NG + F, np.float32)
         for k in range(start + n_last - 1, start - 1, -1):
             g = ids[k]
             kk = np.int32(k - start)
             mx, my = gdata[cam, g, 0], gdata[cam, g, 1]
             a, b, c = gdata[cam, g, 2], gdata[cam, g, 3], gdata[cam, g, 4]
             o, thr = gdata[cam, g, 5], gdata[cam, g, 6]
-            r0, r1 = _row_span(my, gdata[cam, g, 7], y0)
-            while r0 < r1 and (row_last[r0] <= kk or not _row_reaches(a, b, c, thr, mx, my, py[r0 * TILE], x0)):
-                r0 += 1
-            while r1 > r0 and (row_last[r1 - 1] <= kk or not _row_reaches(a, b, c, thr, mx, my, py[(r1 - 1) * TILE], x0)):
-                r1 -= 1
-            if r0 == r1:
-                continue
-            p0, n = np.uint64(r0 * TILE), np.uint64((r1 - r0) * TILE)
-            _feature_dot(p0, n, fg, gF, feats, cam, g)
-            _unblend_span(p0, n, px, py, T, T_final, S, last, gA, fg, wgt, dLds, gO, mx, my, a, b, c, o, thr, kk)
-            _pair_grads(p0, n, px, py, dLds, gO, mx, my, a, b, c, grads, k)
-            for f in range(F):
-                grads[k, NG + f] = _dot(p0, n, wgt, gF, np.uint64(f))
+            touched = False
+            for strip in range(2):
+                r0, r1 = _strip_rows(gdata, cam, g, x0, y0, strip, row_last, kk)
+                if r0 == r1:
+                    continue
+                p0, n = np.uint64((strip * TILE + r0) * STRIP), np.uint64((r1 - r0) * STRIP)
+                if F > 4:
+                    _feature_dot_rest(p0, n, fg, gF, feats, cam, g)
+                _unblend_span(
+                    p0, n, px, py, T, T_final, S, last, gA, gF, fg,
+                    feats[cam, g, 0], feats[cam, g, 1], feats[cam, g, 2], feats[cam, g, 3],
+                    wgt, dLds, gO, mx, my, a, b, c, o, thr, kk,
+                )
+                if not touched:
+                    sums[:] = ZERO
+                    touched = True
+                _pair_grads(p0, n, px, py, dLds, gO, wgt, gF, mx, my, a, b, c, sums)
+                for f in range(4, F):
+                    sums[NG + f] += _dot(p0, n, wgt, gF, np.uint64(f))
+            if touched:
+                for q in range(NG + F):
+                    grads[k, q] = sums[q]
     return grads
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
+import threading
 
 import numpy as np
 import torch
@@ -20,14 +22,27 @@ from scene3d.renderers.gaussians.projection import Projection
 from scene3d.renderers.gaussians.settings import TILE_SIZE
 
 log = logging.getLogger(__name__)
+_LAUNCH = threading.Lock()
+"""Serialises kernel launches: numba's workqueue layer must not be entered from two threads at
+once (and each launch already uses every core)."""
 
 
 @functools.cache
 def _kernels():
     """The numba kernels module, imported on first use (numba compiles each kernel on its first
-    call, about half a minute in all, and caches the machine code next to the module)."""
+    call, about half a minute in all, and caches the machine code next to the module).
+
+    Numba's threading layer is set to "workqueue" (plain pthreads) unless the user chose one:
+    numba's OpenMP layer can bind to the OpenMP runtime torch loaded, whose threads spin when torch
+    was imported without OMP_WAIT_POLICY=PASSIVE, and then the kernels burn 4x the CPU.
+    """
+    import numba
+
     import scene3d
     from scene3d.renderers.gaussians import _numba_kernels as K
+
+    if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
+        numba.config.THREADING_LAYER = "workqueue"
 
     if scene3d.OMP_POLICY_SET_LATE:
         log.warning(
@@ -54,7 +69,9 @@ class Binning:
         self.width, self.height = width, height
         self.tiles_x = math.ceil(width / TILE_SIZE)
         self.tiles_y = math.ceil(height / TILE_SIZE)
-        self.gdata, self.offsets, self.ids = K.prepare(_np(packed), _np(proj.radii_xy, np.int32), self.tiles_x, self.tiles_y)
+        packed, radii = _np(packed), _np(proj.radii_xy, np.int32)
+        with _LAUNCH:
+            self.gdata, self.offsets, self.ids = K.prepare(packed, radii, self.tiles_x, self.tiles_y)
 
     @property
     def n_cameras(self) -> int:
@@ -72,46 +89,62 @@ class Binning:
         K = _kernels()
         err_in = np.zeros((0, 0, 0), np.float32) if err is None else err
         out_err = np.zeros(self.n_pairs if err is not None else 0, np.float32)
-        out, T, last = K.rasterize_forward(
-            self.gdata, feats, self.offsets, self.ids, self.width, self.height, self.tiles_x, self.tiles_y, err_in, out_err
-        )
+        with _LAUNCH:
+            out, T, last = K.rasterize_forward(
+                self.gdata, feats, self.offsets, self.ids, self.width, self.height, self.tiles_x, self.tiles_y,
+                err_in, out_err,
+            )
         return out, T, last, out_err
 
     def reduce(self, per_pair: np.ndarray) -> np.ndarray:
         """Per-pair rows [n_pairs, Q] summed per Gaussian -> [C, N, Q]."""
         K = _kernels()
-        return K.reduce_pairs(per_pair, self.offsets, self.ids, self.n_cameras, self.n_gaussians, self.tiles_x * self.tiles_y)
+        with _LAUNCH:
+            return K.reduce_pairs(
+                per_pair, self.offsets, self.ids, self.n_cameras, self.n_gaussians, self.tiles_x * self.tiles_y
+            )
+
+
+def _padded(x: np.ndarray) -> np.ndarray:
+    """Zero-pads the last axis to a multiple of 4 (the kernels blend channels four at a time)."""
+    extra = -x.shape[-1] % 4
+    return np.concatenate([x, np.zeros(x.shape[:-1] + (extra,), np.float32)], axis=-1) if extra else x
 
 
 class _BlendCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means2d, conics, opacities, feats, proj, width, height, absgrad_box):
         binning = Binning(proj, width, height)
-        feats_np = _np(feats)
+        F = feats.shape[-1]
+        feats_np = _padded(_np(feats))
         out, T, last, _ = binning.forward(feats_np)
-        ctx.binning, ctx.feats_np, ctx.T, ctx.last = binning, feats_np, T, last
+        ctx.binning, ctx.feats_np, ctx.T, ctx.last, ctx.n_feats = binning, feats_np, T, last, F
         ctx.absgrad_box = absgrad_box
-        ctx.feat_dtype = feats.dtype
         alpha = torch.from_numpy(1.0 - T)
-        return torch.from_numpy(out), alpha
+        return torch.from_numpy(out[..., :F]), alpha
 
     @staticmethod
     def backward(ctx, g_out, g_alpha):
         K = _kernels()
         b: Binning = ctx.binning
-        g_out_np = _np(g_out) if g_out is not None else np.zeros(ctx.T.shape + (ctx.feats_np.shape[-1],), np.float32)
+        F = ctx.n_feats
+        if g_out is None:
+            g_out_np = np.zeros(ctx.T.shape + (ctx.feats_np.shape[-1],), np.float32)
+        else:
+            g_out_np = _padded(_np(g_out))
         g_alpha_np = _np(g_alpha) if g_alpha is not None else np.zeros_like(ctx.T)
-        per_pair = K.rasterize_backward(
-            b.gdata, ctx.feats_np, b.offsets, b.ids, b.width, b.height, b.tiles_x, b.tiles_y,
-            ctx.T, ctx.last, g_out_np, g_alpha_np,
-        )
-        per_g = torch.from_numpy(b.reduce(per_pair))  # [C, N, 8 + F]
+        with _LAUNCH:
+            per_pair = K.rasterize_backward(
+                b.gdata, ctx.feats_np, b.offsets, b.ids, b.width, b.height, b.tiles_x, b.tiles_y,
+                ctx.T, ctx.last, g_out_np, g_alpha_np,
+            )
+        per_g = torch.from_numpy(b.reduce(per_pair))  # [C, N, 8 + F (padded)]
         if ctx.absgrad_box is not None:
             ctx.absgrad_box["value"] = per_g[..., 5:7].clone()
         g_conics = per_g[..., 0:3]
         g_means2d = per_g[..., 3:5]
         g_opac = per_g[..., 7]
-        g_feats = per_g[..., 8:]
+        g_feats = per_g[..., 8 : 8 + F]
         return g_means2d, g_conics, g_opac, g_feats, None, None, None, None
 
 
@@ -123,6 +156,6 @@ def blend(proj: Projection, feats: Tensor, width: int, height: int, absgrad_box:
 def accumulate_error(proj: Projection, error_map: Tensor, width: int, height: int) -> Tensor:
     """[C, N]: sum over pixels of each Gaussian's blending weight times ``error_map`` [C, H, W]."""
     binning = Binning(proj, width, height)
-    feats = np.zeros((binning.n_cameras, binning.n_gaussians, 1), np.float32)
+    feats = np.zeros((binning.n_cameras, binning.n_gaussians, 4), np.float32)
     _, _, _, per_pair = binning.forward(feats, _np(error_map))
     return torch.from_numpy(binning.reduce(per_pair[:, None])[..., 0])
