@@ -15,7 +15,5 @@ import sys
 OMP_POLICY_SET_LATE = "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ
 """True when torch was imported first, so the passive policy below could not reach it."""
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# numba's default layer search tries TBB first and warns when the installed TBB is too old.
-os.environ.setdefault("NUMBA_THREADING_LAYER", "omp")
 
 __version__ = "0.1.0"
