@@ -83,6 +83,17 @@ def _bits_to_f32(typingctx, bits):
     return sig, codegen
 
 
+@intrinsic
+def _f32_to_bits(typingctx, x):
+    """Reinterprets a float32 as its int32 bit pattern."""
+    sig = types.int32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return sig, codegen
+
+
 @njit(fastmath=FLAGS | {"contract"}, error_model="numpy")
 def fast_exp(x):
     """exp(x) for float32 x <= 0 (clamped at -80), relative error about 2e-7, branch-free.
@@ -122,6 +133,33 @@ def _tile_rect(mx, my, rx, ry, tiles_x, tiles_y):
     return x0, x1, y0, y1
 
 
+@njit(inline="always")
+def _f32_sort_key(x):
+    """uint32 whose order is the order of the float32 x (sign-magnitude to two's complement)."""
+    bits = np.uint32(_f32_to_bits(x))
+    return bits ^ np.uint32(0xFFFFFFFF) if bits >> np.uint32(31) else bits | np.uint32(0x80000000)
+
+
+@njit(cache=True)
+def _radix_argsort(keys):
+    """Stable argsort of uint32 keys (three 11-bit LSD passes)."""
+    n = keys.shape[0]
+    order = np.arange(n)
+    tmp = np.empty(n, np.int64)
+    for shift in (0, 11, 22):
+        counts = np.zeros(2049, np.int64)
+        for i in range(n):
+            counts[((keys[order[i]] >> np.uint32(shift)) & np.uint32(2047)) + 1] += 1
+        for b in range(2048):
+            counts[b + 1] += counts[b]
+        for i in range(n):
+            d = (keys[order[i]] >> np.uint32(shift)) & np.uint32(2047)
+            tmp[counts[d]] = order[i]
+            counts[d] += 1
+        order, tmp = tmp, order
+    return order
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
 def prepare(packed, radii_xy, tiles_x, tiles_y):
     """Packs the kernels' records and bins them into per-tile lists sorted front to back.
@@ -143,6 +181,21 @@ def prepare(packed, radii_xy, tiles_x, tiles_y):
     C, N = packed.shape[0], packed.shape[1]
     n_tiles = tiles_x * tiles_y
     gdata = np.empty((C, N, 13), np.float32)
+    for flat in prange(C * N):
+        cam, n = flat // N, flat % N
+        for q in range(7):
+            gdata[cam, n, q] = packed[cam, n, q]
+        a, b, c = float(packed[cam, n, 2]), float(packed[cam, n, 3]), float(packed[cam, n, 4])
+        thr = max(float(packed[cam, n, 6]), 0.0)
+        det = max(a * c - b * b, 1e-30)
+        a_safe, c_safe = max(a, 1e-30), max(c, 1e-30)
+        ey = math.sqrt(2.0 * thr * max(a, 0.0) / det)
+        gdata[cam, n, 7] = np.float32(ey * 1.001 + 1e-3)
+        gdata[cam, n, 8] = np.float32(math.sqrt(2.0 * thr * max(c, 0.0) / det) * 1.001 + 1e-3)
+        gdata[cam, n, 9] = np.float32(b / c_safe)
+        gdata[cam, n, 10] = np.float32((b * b - a * c) / (c_safe * c_safe))
+        gdata[cam, n, 11] = np.float32(2.0 * thr / c_safe)
+        gdata[cam, n, 12] = np.float32(b * ey / a_safe)
     counts = np.zeros((C, n_tiles), np.int64)
     order = np.empty((C, N), np.int64)
     n_visible = np.zeros(C, np.int64)
@@ -150,33 +203,20 @@ def prepare(packed, radii_xy, tiles_x, tiles_y):
         visible = np.empty(N, np.int64)
         nv = 0
         for n in range(N):
-            for q in range(7):
-                gdata[cam, n, q] = packed[cam, n, q]
-            a, b, c = float(packed[cam, n, 2]), float(packed[cam, n, 3]), float(packed[cam, n, 4])
-            thr = float(packed[cam, n, 6])
-            det = max(a * c - b * b, 1e-30)
-            gdata[cam, n, 7] = np.float32(math.sqrt(max(2.0 * thr, 0.0) * max(a, 0.0) / det) * 1.001 + 1e-3)
-            gdata[cam, n, 8] = np.float32(math.sqrt(max(2.0 * thr, 0.0) * max(c, 0.0) / det) * 1.001 + 1e-3)
-            a_safe, c_safe = max(a, 1e-30), max(c, 1e-30)
-            gdata[cam, n, 9] = np.float32(b / c_safe)
-            gdata[cam, n, 10] = np.float32((b * b - a * c) / (c_safe * c_safe))
-            gdata[cam, n, 11] = np.float32(2.0 * max(thr, 0.0) / c_safe)
-            gdata[cam, n, 12] = np.float32(b * math.sqrt(max(2.0 * thr, 0.0) * max(a, 0.0) / det) / a_safe)
-            rx, ry = radii_xy[cam, n, 0], radii_xy[cam, n, 1]
-            if rx <= 0 or ry <= 0:
-                continue
-            visible[nv] = n
-            nv += 1
-            x0, x1, y0, y1 = _tile_rect(packed[cam, n, 0], packed[cam, n, 1], rx, ry, tiles_x, tiles_y)
+            if radii_xy[cam, n, 0] > 0 and radii_xy[cam, n, 1] > 0:
+                visible[nv] = n
+                nv += 1
+        keys = np.empty(nv, np.uint32)
+        for k in range(nv):
+            keys[k] = _f32_sort_key(packed[cam, visible[k], 7])
+        by_depth = _radix_argsort(keys)
+        for k in range(nv):
+            n = visible[by_depth[k]]
+            order[cam, k] = n
+            x0, x1, y0, y1 = _tile_rect(packed[cam, n, 0], packed[cam, n, 1], radii_xy[cam, n, 0], radii_xy[cam, n, 1], tiles_x, tiles_y)
             for ty in range(y0, y1):
                 for tx in range(x0, x1):
                     counts[cam, ty * tiles_x + tx] += 1
-        depths = np.empty(nv, np.float32)
-        for k in range(nv):
-            depths[k] = packed[cam, visible[k], 7]
-        by_depth = np.argsort(depths, kind="mergesort")
-        for k in range(nv):
-            order[cam, k] = visible[by_depth[k]]
         n_visible[cam] = nv
     offsets = np.zeros(C * n_tiles + 1, np.int64)
     offsets[1:] = np.cumsum(counts.ravel())
@@ -185,8 +225,7 @@ def prepare(packed, radii_xy, tiles_x, tiles_y):
         pos = offsets[cam * n_tiles : (cam + 1) * n_tiles].copy()
         for k in range(n_visible[cam]):
             n = order[cam, k]
-            rx, ry = radii_xy[cam, n, 0], radii_xy[cam, n, 1]
-            x0, x1, y0, y1 = _tile_rect(packed[cam, n, 0], packed[cam, n, 1], rx, ry, tiles_x, tiles_y)
+            x0, x1, y0, y1 = _tile_rect(packed[cam, n, 0], packed[cam, n, 1], radii_xy[cam, n, 0], radii_xy[cam, n, 1], tiles_x, tiles_y)
             for ty in range(y0, y1):
                 for tx in range(x0, x1):
                     t = ty * tiles_x + tx
