@@ -32,23 +32,23 @@ def _kernels():
     """The numba kernels module, imported on first use (numba compiles each kernel on its first
     call, about half a minute in all, and caches the machine code next to the module).
 
-    Numba's threading layer is set to "workqueue" (plain pthreads) unless the user chose one:
-    numba's OpenMP layer can bind to the OpenMP runtime torch loaded, whose threads spin when torch
-    was imported without OMP_WAIT_POLICY=PASSIVE, and then the kernels burn 4x the CPU.
+    When torch was imported before scene3d without OMP_WAIT_POLICY=PASSIVE, numba's threading
+    layer is set to "workqueue" (plain pthreads) unless the user chose one: numba's OpenMP layer
+    can bind to the OpenMP runtime torch loaded, whose threads then spin, and the kernels burn 4x
+    the CPU. Otherwise numba's default (OpenMP) stays: its launches are cheaper.
     """
     import numba
 
     import scene3d
     from scene3d.renderers.gaussians import _numba_kernels as K
 
-    if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
-        numba.config.THREADING_LAYER = "workqueue"
-
     if scene3d.OMP_POLICY_SET_LATE:
         log.warning(
             "torch was imported before scene3d with OMP_WAIT_POLICY unset: its OpenMP threads spin "
             "and slow the CPU rasterizer down; set OMP_WAIT_POLICY=PASSIVE or import scene3d first"
         )
+        if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
+            numba.config.THREADING_LAYER = "workqueue"
     return K
 
 
