@@ -205,6 +205,17 @@ def test_single_huge_gaussian(backend):
 
 
 @needs_numba
+def test_equal_depths_keep_index_order():
+    """Gaussians at one depth blend in index order (a stable sort), as in the reference."""
+    scene = random_scene(200, 40, 30, seed=21)
+    means = scene.means.clone()
+    means[:, 2] = means[:, 2].round(decimals=0)  # three depth planes, ~70 Gaussians on each
+    means[:, :2] = means[:, :2] * 0.3  # crowd them so that they overlap
+    scene = replace(scene, means=means)
+    assert_backends_agree(render(scene, RasterSettings(backend="cpu")), render(scene, RasterSettings(backend="torch")))
+
+
+@needs_numba
 @pytest.mark.parametrize("size", [(17, 1), (1, 23), (33, 47), (16, 16), (50, 31)])
 def test_sizes_not_multiple_of_tile(size):
     W, H = size

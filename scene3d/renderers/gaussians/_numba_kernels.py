@@ -83,6 +83,17 @@ def _bits_to_f32(typingctx, bits):
     return sig, codegen
 
 
+@intrinsic
+def _f32_to_bits(typingctx, x):
+    """Reinterprets a float32 as its int32 bit pattern."""
+    sig = types.int32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return sig, codegen
+
+
 @njit(fastmath=FLAGS | {"contract"}, error_model="numpy")
 def fast_exp(x):
     """exp(x) for float32 x <= 0 (clamped at -80), relative error about 2e-7, branch-free.
@@ -122,6 +133,33 @@ def _tile_rect(mx, my, rx, ry, tiles_x, tiles_y):
     return x0, x1, y0, y1
 
 
+@njit(inline="always")
+def _f32_sort_key(x):
+    """uint32 whose order is the order of the float32 x (sign-magnitude to two's complement)."""
+    bits = np.uint32(_f32_to_bits(x))
+    return bits ^ np.uint32(0xFFFFFFFF) if bits >> np.uint32(31) else bits | np.uint32(0x80000000)
+
+
+@njit(cache=True)
+def _radix_argsort(keys):
+    """Stable argsort of uint32 keys (three 11-bit LSD passes)."""
+    n = keys.shape[0]
+    order = np.arange(n)
+    tmp = np.empty(n, np.int64)
+    for shift in (0, 11, 22):
+        counts = np.zeros(2049, np.int64)
+        for i in range(n):
+            counts[((keys[order[i]] >> np.uint32(shift)) & np.uint32(2047)) + 1] += 1
+        for b in range(2048):
+            counts[b + 1] += counts[b]
+        for i in range(n):
+            d = (keys[order[i]] >> np.uint32(shift)) & np.uint32(2047)
+            tmp[counts[d]] = order[i]
+            counts[d] += 1
+        order, tmp = tmp, order
+    return order
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
 def prepare(packed, radii_xy, tiles_x, tiles_y):
     """Packs the kernels' records and bins them into per-tile lists sorted front to back.
@@ -143,6 +181,21 @@ def prepare(packed, radii_xy, tiles_x, tiles_y):
     C, N = packed.shape[0], packed.shape[1]
     n_tiles = tiles_x * tiles_y
     gdata = np.empty((C, N, 13), np.float32)
+    for flat in prange(C * N):
+        cam, n = flat // N, flat % N
+        for q in range(7):
+            gdata[cam, n, q] = packed[cam, n, q]
+        a, b, c = float(packed[cam, n, 2]), float(packed[cam, n, 3]), float(packed[cam, n, 4])
+        thr = max(float(packed[cam, n, 6]), 0.0)
+        det = max(a * c - b * b, 1e-30)
+        a_safe, c_safe = max(a, 1e-30), max(c, 1e-30)
+        ey = math.sqrt(2.0 * thr * max(a, 0.0) / det)
+        gdata[cam, n, 7] = np.float32(ey * 1.001 + 1e-3)
+        gdata[cam, n, 8] = np.float32(math.sqrt(2.0 * thr * max(c, 0.0) / det) * 1.001 + 1e-3)
+        gdata[cam, n, 9] = np.float32(b / c_safe)
+        gdata[cam, n, 10] = np.float32((b * b - a * c) / (c_safe * c_safe))
+        gdata[cam, n, 11] = np.float32(2.0 * thr / c_safe)
+        gdata[cam, n, 12] = np.float32(b * ey / a_safe)
     counts = np.zeros((C, n_tiles), np.int64)
     order = np.empty((C, N), np.int64)
     n_visible = np.zeros(C, np.int64)
@@ -150,33 +203,20 @@ def prepare(packed, radii_xy, tiles_x, tiles_y):
         visible = np.empty(N, np.int64)
         nv = 0
         for n in range(N):
-            for q in range(7):
-                gdata[cam, n, q] = packed[cam, n, q]
-            a, b, c = float(packed[cam, n, 2]), float(packed[cam, n, 3]), float(packed[cam, n, 4])
-            thr = float(packed[cam, n, 6])
-            det = max(a * c - b * b, 1e-30)
-            gdata[cam, n, 7] = np.float32(math.sqrt(max(2.0 * thr, 0.0) * max(a, 0.0) / det) * 1.001 + 1e-3)
-            gdata[cam, n, 8] = np.float32(math.sqrt(max(2.0 * thr, 0.0) * max(c, 0.0) / det) * 1.001 + 1e-3)
-            a_safe, c_safe = max(a, 1e-30), max(c, 1e-30)
-            gdata[cam, n, 9] = np.float32(b / c_safe)
-            gdata[cam, n, 10] = np.float32((b * b - a * c) / (c_safe * c_safe))
-            gdata[cam, n, 11] = np.float32(2.0 * max(thr, 0.0) / c_safe)
-            gdata[cam, n, 12] = np.float32(b * math.sqrt(max(2.0 * thr, 0.0) * max(a, 0.0) / det) / a_safe)
-            rx, ry = radii_xy[cam, n, 0], radii_xy[cam, n, 1]
-            if rx <= 0 or ry <= 0:
-                continue
-            visible[nv] = n
-            nv += 1
-            x0, x1, y0, y1 = _tile_rect(packed[cam, n, 0], packed[cam, n, 1], rx, ry, tiles_x, tiles_y)
+            if radii_xy[cam, n, 0] > 0 and radii_xy[cam, n, 1] > 0:
+                visible[nv] = n
+                nv += 1
+        keys = np.empty(nv, np.uint32)
+        for k in range(nv):
+            keys[k] = _f32_sort_key(packed[cam, visible[k], 7])
+        by_depth = _radix_argsort(keys)
+        for k in range(nv):
+            n = visible[by_depth[k]]
+            order[cam, k] = n
+            x0, x1, y0, y1 = _tile_rect(packed[cam, n, 0], packed[cam, n, 1], radii_xy[cam, n, 0], radii_xy[cam, n, 1], tiles_x, tiles_y)
             for ty in range(y0, y1):
                 for tx in range(x0, x1):
                     counts[cam, ty * tiles_x + tx] += 1
-        depths = np.empty(nv, np.float32)
-        for k in range(nv):
-            depths[k] = packed[cam, visible[k], 7]
-        by_depth = np.argsort(depths, kind="mergesort")
-        for k in range(nv):
-            order[cam, k] = visible[by_depth[k]]
         n_visible[cam] = nv
     offsets = np.zeros(C * n_tiles + 1, np.int64)
     offsets[1:] = np.cumsum(counts.ravel())
@@ -185,8 +225,7 @@ def prepare(packed, radii_xy, tiles_x, tiles_y):
         pos = offsets[cam * n_tiles : (cam + 1) * n_tiles].copy()
         for k in range(n_visible[cam]):
             n = order[cam, k]
-            rx, ry = radii_xy[cam, n, 0], radii_xy[cam, n, 1]
-            x0, x1, y0, y1 = _tile_rect(packed[cam, n, 0], packed[cam, n, 1], rx, ry, tiles_x, tiles_y)
+            x0, x1, y0, y1 = _tile_rect(packed[cam, n, 0], packed[cam, n, 1], radii_xy[cam, n, 0], radii_xy[cam, n, 1], tiles_x, tiles_y)
             for ty in range(y0, y1):
                 for tx in range(x0, x1):
                     t = ty * tiles_x + tx
@@ -224,41 +263,46 @@ def _strip_rows(gdata, cam, g, x0, y0, strip, row_count, floor):
     return r0, r1
 
 
-@njit(inline="always", fastmath=FLAGS, error_model="numpy")
+@njit(fastmath=FLAGS, error_model="numpy")
 def _sigma(a, b, c, dx, dy):
     """The Mahalanobis half-distance; the PyTorch reference computes it with the same operations
-    in the same order (keep them in step)."""
+    in the same order (keep them in step). Not inlined by numba: LLVM inlines it and keeps these
+    strict flags even inside loops compiled with reassociation."""
     return HALF * (a * dx * dx + c * dy * dy) + b * dx * dy
 
 
 @njit(fastmath=FLAGS, error_model="numpy")
-def _blend_span(p0, n, px, py, T, act, last, w, acc, f0, f1, f2, f3, mx, my, a, b, c, o, thr, kk):
-    """Blends one Gaussian into the pixels [p0, p0 + n) of a tile, accumulating its first four
-    feature channels (f0..f3) into acc[0:4] and writing the weights to w; returns 1 if any pixel
-    stopped. Branch-free so that it vectorises. (Offsets are unsigned and arrays are passed
-    whole: numba then emits no negative-index checks, and no slice views, whose reference
-    counting costs more than the arithmetic here.)"""
+def _blend_span(p0, n, px, py, T, last, w, acc, f0, f1, f2, f3, mx, my, a, b, c, o, thr, kk):
+    """Blends one Gaussian (list position ``kk``, 1-based, as a float32) into the pixels
+    [p0, p0 + n) of a tile, accumulating its first four feature channels (f0..f3) into acc[0:4]
+    and writing the weights to w; returns 1 if any pixel stopped.
+
+    A pixel that has stopped keeps its transmittance negated (the sign is the "done" flag, so no
+    separate mask is loaded and stored); ``last`` is float32 for the same reason: every store in
+    the loop is unconditional and 32-bit, so it vectorises without masked stores. (Offsets are
+    unsigned and arrays are passed whole: numba then emits no negative-index checks, and no slice
+    views, whose reference counting costs more than the arithmetic here.)"""
     stopped = np.int32(0)  # 1 once any pixel stopped (a max, which vectorises; a count does not)
     for i in range(n):
         j = p0 + i
         dx = mx - px[j]
         dy = my - py[j]
         sigma = _sigma(a, b, c, dx, dy)
-        inc = (sigma >= ZERO) & (sigma <= thr) & (act[j] > ZERO)
-        alpha = min(ALPHA_MAX, o * fast_exp(-sigma))
         Tj = T[j]
+        inc = (sigma >= ZERO) & (sigma <= thr) & (Tj > ZERO)
+        alpha = min(ALPHA_MAX, o * fast_exp(-sigma))
         nT = Tj * (ONE - alpha)
         stop = inc & (nT <= T_MIN)
-        ae = alpha if inc & (nT > T_MIN) else ZERO
+        use = inc & (nT > T_MIN)
+        ae = alpha if use else ZERO
         wj = ae * Tj
         w[j] = wj
         acc[0, j] += wj * f0
         acc[1, j] += wj * f1
         acc[2, j] += wj * f2
         acc[3, j] += wj * f3
-        T[j] = Tj * (ONE - ae)
-        last[j] = max(last[j], kk * np.int32(ae > ZERO))
-        act[j] = min(act[j], np.float32(not stop))
+        T[j] = -Tj if stop else Tj * (ONE - ae)
+        last[j] = max(last[j], kk if use else ZERO)
         stopped = max(stopped, np.int32(stop))
     return stopped
 
@@ -348,17 +392,16 @@ def rasterize_forward(gdata, feats, offsets, ids, width, height, tiles_x, tiles_
         if start == end:
             continue
         px, py = _pixel_centres(x0, y0)
-        T = np.ones(P, np.float32)
+        T = np.full(P, -ONE, np.float32)  # pixels outside the image count as stopped
         acc = np.zeros((F, P), np.float32)
-        last = np.zeros(P, np.int32)
-        act = np.zeros(P, np.float32)
+        last = np.zeros(P, np.float32)
         errt = np.zeros(P, np.float32)
         w = np.zeros(P, np.float32)
         row_live = np.zeros((2, TILE), np.int32)  # live pixels per strip row
         nr, nc = min(TILE, height - y0), min(TILE, width - x0)
         for r in range(nr):
             for j in range(nc):
-                act[_pix(r, j)] = ONE
+                T[_pix(r, j)] = ONE
                 row_live[j // STRIP, r] += 1
                 if with_err:
                     errt[_pix(r, j)] = err[cam, y0 + r, x0 + j]
@@ -370,7 +413,7 @@ def rasterize_forward(gdata, feats, offsets, ids, width, height, tiles_x, tiles_
             mx, my = gdata[cam, g, 0], gdata[cam, g, 1]
             a, b, c = gdata[cam, g, 2], gdata[cam, g, 3], gdata[cam, g, 4]
             o, thr = gdata[cam, g, 5], gdata[cam, g, 6]
-            kk = np.int32(k - start + 1)
+            kk = F32(k - start + 1)
             werr = ZERO
             for strip in range(2):
                 r0, r1 = _strip_rows(gdata, cam, g, x0, y0, strip, row_live, 0)
@@ -378,7 +421,7 @@ def rasterize_forward(gdata, feats, offsets, ids, width, height, tiles_x, tiles_
                     continue
                 p0, n = np.uint64((strip * TILE + r0) * STRIP), np.uint64((r1 - r0) * STRIP)
                 stopped = _blend_span(
-                    p0, n, px, py, T, act, last, w, acc,
+                    p0, n, px, py, T, last, w, acc,
                     feats[cam, g, 0], feats[cam, g, 1], feats[cam, g, 2], feats[cam, g, 3],
                     mx, my, a, b, c, o, thr, kk,
                 )
@@ -391,7 +434,7 @@ def rasterize_forward(gdata, feats, offsets, ids, width, height, tiles_x, tiles_
                     for r in range(r0, r1):
                         alive = 0
                         for j in range(STRIP):
-                            alive += act[(strip * TILE + r) * STRIP + j] > ZERO
+                            alive += T[(strip * TILE + r) * STRIP + j] > ZERO
                         live -= row_live[strip, r] - alive
                         row_live[strip, r] = alive
             if with_err:
@@ -399,8 +442,8 @@ def rasterize_forward(gdata, feats, offsets, ids, width, height, tiles_x, tiles_
         for r in range(nr):
             for j in range(nc):
                 p = _pix(r, j)
-                out_T[cam, y0 + r, x0 + j] = T[p]
-                out_last[cam, y0 + r, x0 + j] = last[p]
+                out_T[cam, y0 + r, x0 + j] = abs(T[p])
+                out_last[cam, y0 + r, x0 + j] = np.int32(last[p])
                 for f in range(F):
                     out[cam, y0 + r, x0 + j, f] = acc[f, p]
     return out, out_T, out_last
@@ -409,12 +452,30 @@ def rasterize_forward(gdata, feats, offsets, ids, width, height, tiles_x, tiles_
 NG = 8  # per-pair gradient slots before the features: a, b, c, mx, my, |mx|, |my|, opacity
 
 
-@njit(fastmath=FLAGS, error_model="numpy")
-def _unblend_span(p0, n, px, py, T, T_final, S, last, gA, gF, fg_rest, f0, f1, f2, f3, wgt_out, dLds, gO, mx, my, a, b, c, o, thr, kk):
-    """Walks one Gaussian back out of the pixels [p0, p0 + n): restores each pixel's
-    transmittance before it, and writes the per-pixel dL/dsigma, dL/dopacity and the blending
-    weight (for the feature gradients). dL/d(pixel) . features is fg_rest (channels from 4 on)
-    plus the first four channels (f0..f3 against gF[0:4]). Branch-free."""
+@njit(fastmath=True, error_model="numpy")
+def _unblend_span(p0, n, px, py, T, T_final, S, last, gA, gF, fg_rest, f0, f1, f2, f3, wgt_out, mx, my, a, b, c, o, thr, kk, out):
+    """Walks one Gaussian (list position ``kk``, 0-based, float32) back out of the pixels
+    [p0, p0 + n): restores each pixel's transmittance before it, and adds this Gaussian's
+    gradient sums to out[0:12]: dL/d(a, b, c), dL/d(mx, my), sum |dL/dmx|, sum |dL/dmy|,
+    dL/dopacity and dL/d(first four feature channels). dL/d(pixel) . features is fg_rest
+    (channels from 4 on) plus f0..f3 against gF[0:4]. The weights go to ``wgt_out`` (for channels
+    beyond four).
+
+    Compiled with reassociation so that the sums vectorise; ``_sigma`` keeps strict flags, so
+    which pixels the Gaussian reaches is decided exactly as in the forward pass.
+    """
+    s0 = ZERO
+    s1 = ZERO
+    s2 = ZERO
+    s3 = ZERO
+    s4 = ZERO
+    s5 = ZERO
+    s6 = ZERO
+    s7 = ZERO
+    s8 = ZERO
+    s9 = ZERO
+    s10 = ZERO
+    s11 = ZERO
     for i in range(n):
         j = p0 + i
         dx = mx - px[j]
@@ -427,15 +488,41 @@ def _unblend_span(p0, n, px, py, T, T_final, S, last, gA, gF, fg_rest, f0, f1, f
         rinv = ONE / (ONE - alpha)
         mf = np.float32(inc)
         T_before = T[j] * rinv if inc else T[j]
-        fg = fg_rest[j] + f0 * gF[0, j] + f1 * gF[1, j] + f2 * gF[2, j] + f3 * gF[3, j]
+        g0, g1, g2, g3 = gF[0, j], gF[1, j], gF[2, j], gF[3, j]
+        fg = fg_rest[j] + f0 * g0 + f1 * g1 + f2 * g2 + f3 * g3
         dL_da = T_before * fg - S[j] * rinv + gA[j] * T_final[j] * rinv
         wgt = alpha * T_before * mf
         S[j] += wgt * fg
         T[j] = T_before
-        g_live = mf * np.float32(oe <= ALPHA_MAX) * dL_da
-        dLds[j] = -oe * g_live
-        gO[j] = e * g_live
         wgt_out[j] = wgt
+        g_live = mf * np.float32(oe <= ALPHA_MAX) * dL_da
+        dLds = -oe * g_live
+        gx = (a * dx + b * dy) * dLds
+        gy = (b * dx + c * dy) * dLds
+        s0 += HALF * dx * dx * dLds
+        s1 += dx * dy * dLds
+        s2 += HALF * dy * dy * dLds
+        s3 += gx
+        s4 += gy
+        s5 += abs(gx)
+        s6 += abs(gy)
+        s7 += e * g_live
+        s8 += wgt * g0
+        s9 += wgt * g1
+        s10 += wgt * g2
+        s11 += wgt * g3
+    out[0] += s0
+    out[1] += s1
+    out[2] += s2
+    out[3] += s3
+    out[4] += s4
+    out[5] += s5
+    out[6] += s6
+    out[7] += s7
+    out[8] += s8
+    out[9] += s9
+    out[10] += s10
+    out[11] += s11
 
 
 @njit(fastmath=FLAGS, error_model="numpy")
@@ -449,56 +536,6 @@ def _feature_dot_rest(p0, n, fg, gF, feats, cam, g):
         for i in range(n):
             j = p0 + i
             fg[j] += v * gF[f, j]
-
-
-@njit(fastmath=True, error_model="numpy")
-def _pair_grads(p0, n, px, py, dLds, gO, wgt, gF, mx, my, a, b, c, out):
-    """Adds the per-pixel terms of one Gaussian to out[0:12]: a, b, c, mx, my, |mx|, |my|,
-    opacity, and the first four feature channels."""
-    s0 = ZERO
-    s1 = ZERO
-    s2 = ZERO
-    s3 = ZERO
-    s4 = ZERO
-    s5 = ZERO
-    s6 = ZERO
-    s7 = ZERO
-    f0 = ZERO
-    f1 = ZERO
-    f2 = ZERO
-    f3 = ZERO
-    for i in range(n):
-        j = p0 + i
-        dx = mx - px[j]
-        dy = my - py[j]
-        g = dLds[j]
-        gx = (a * dx + b * dy) * g
-        gy = (b * dx + c * dy) * g
-        s0 += HALF * dx * dx * g
-        s1 += dx * dy * g
-        s2 += HALF * dy * dy * g
-        s3 += gx
-        s4 += gy
-        s5 += abs(gx)
-        s6 += abs(gy)
-        s7 += gO[j]
-        wj = wgt[j]
-        f0 += wj * gF[0, j]
-        f1 += wj * gF[1, j]
-        f2 += wj * gF[2, j]
-        f3 += wj * gF[3, j]
-    out[0] += s0
-    out[1] += s1
-    out[2] += s2
-    out[3] += s3
-    out[4] += s4
-    out[5] += s5
-    out[6] += s6
-    out[7] += s7
-    out[8] += f0
-    out[9] += f1
-    out[10] += f2
-    out[11] += f3
 
 
 @njit(parallel=True, fastmath=FLAGS, error_model="numpy", cache=True)
@@ -525,7 +562,7 @@ def rasterize_backward(gdata, feats, offsets, ids, width, height, tiles_x, tiles
             continue
         px, py = _pixel_centres(x0, y0)
         T = np.ones(P, np.float32)
-        last = np.zeros(P, np.int32)
+        last = np.zeros(P, np.float32)  # float32, like kk below, so the comparison vectorises
         gF = np.zeros((F, P), np.float32)
         gA = np.zeros(P, np.float32)
         S = np.zeros(P, np.float32)
@@ -538,7 +575,7 @@ def rasterize_backward(gdata, feats, offsets, ids, width, height, tiles_x, tiles
                 gA[p] = g_alpha[cam, y0 + r, x0 + j]
                 for f in range(F):
                     gF[f, p] = g_out[cam, y0 + r, x0 + j, f]
-                row_last[j // STRIP, r] = max(row_last[j // STRIP, r], last[p])
+                row_last[j // STRIP, r] = max(row_last[j // STRIP, r], out_last[cam, y0 + r, x0 + j])
         T_final = T.copy()
         n_last = 0
         for strip in range(2):
@@ -546,12 +583,10 @@ def rasterize_backward(gdata, feats, offsets, ids, width, height, tiles_x, tiles
                 n_last = max(n_last, row_last[strip, r])
         fg = np.zeros(P, np.float32)
         wgt = np.zeros(P, np.float32)
-        dLds = np.zeros(P, np.float32)
-        gO = np.zeros(P, np.float32)
         sums = np.zeros(NG + F, np.float32)
         for k in range(start + n_last - 1, start - 1, -1):
             g = ids[k]
-            kk = np.int32(k - start)
+            kk = k - start
             mx, my = gdata[cam, g, 0], gdata[cam, g, 1]
             a, b, c = gdata[cam, g, 2], gdata[cam, g, 3], gdata[cam, g, 4]
             o, thr = gdata[cam, g, 5], gdata[cam, g, 6]
@@ -563,15 +598,14 @@ def rasterize_backward(gdata, feats, offsets, ids, width, height, tiles_x, tiles
                 p0, n = np.uint64((strip * TILE + r0) * STRIP), np.uint64((r1 - r0) * STRIP)
                 if F > 4:
                     _feature_dot_rest(p0, n, fg, gF, feats, cam, g)
-                _unblend_span(
-                    p0, n, px, py, T, T_final, S, last, gA, gF, fg,
-                    feats[cam, g, 0], feats[cam, g, 1], feats[cam, g, 2], feats[cam, g, 3],
-                    wgt, dLds, gO, mx, my, a, b, c, o, thr, kk,
-                )
                 if not touched:
                     sums[:] = ZERO
                     touched = True
-                _pair_grads(p0, n, px, py, dLds, gO, wgt, gF, mx, my, a, b, c, sums)
+                _unblend_span(
+                    p0, n, px, py, T, T_final, S, last, gA, gF, fg,
+                    feats[cam, g, 0], feats[cam, g, 1], feats[cam, g, 2], feats[cam, g, 3],
+                    wgt, mx, my, a, b, c, o, thr, F32(kk), sums,
+                )
                 for f in range(4, F):
                     sums[NG + f] += _dot(p0, n, wgt, gF, np.uint64(f))
             if touched:

@@ -134,7 +134,15 @@ def rasterize(
 
         return rasterize_gsplat(means, quats, scales, opacities, colors, cameras, settings, bg)
 
-    proj = project_gaussians(
+    if backend == "cpu":
+        from scene3d.renderers.gaussians import cpu_backend as impl
+
+        project = impl.project  # the same values, differentiated by a numba kernel
+    else:
+        from scene3d.renderers.gaussians import torch_backend as impl
+
+        project = project_gaussians
+    proj = project(
         means, quats, scales, opacities, cameras,
         near=settings.near, far=settings.far, eps2d=settings.eps2d, antialiased=settings.antialiased,
     )
@@ -144,10 +152,6 @@ def rasterize(
     if settings.render_depth:
         feats = torch.cat([feats, proj.depths[..., None]], dim=-1)
     absgrad_box = {} if settings.absgrad else None
-    if backend == "cpu":
-        from scene3d.renderers.gaussians import cpu_backend as impl
-    else:
-        from scene3d.renderers.gaussians import torch_backend as impl
     out, alpha = impl.blend(proj, feats, width, height, absgrad_box)  # [C, H, W, F], [C, H, W]
     alpha = alpha[..., None]
     rgb = out[..., :D]

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from scene3d.renderers.gaussians.projection import Projection
+from scene3d.cameras import Cameras
+from scene3d.renderers.gaussians.projection import Projection, project_gaussians
 from scene3d.renderers.gaussians.settings import TILE_SIZE
 
 log = logging.getLogger(__name__)
@@ -32,23 +33,23 @@ def _kernels():
     """The numba kernels module, imported on first use (numba compiles each kernel on its first
     call, about half a minute in all, and caches the machine code next to the module).
 
-    Numba's threading layer is set to "workqueue" (plain pthreads) unless the user chose one:
-    numba's OpenMP layer can bind to the OpenMP runtime torch loaded, whose threads spin when torch
-    was imported without OMP_WAIT_POLICY=PASSIVE, and then the kernels burn 4x the CPU.
+    When torch was imported before scene3d without OMP_WAIT_POLICY=PASSIVE, numba's threading
+    layer is set to "workqueue" (plain pthreads) unless the user chose one: numba's OpenMP layer
+    can bind to the OpenMP runtime torch loaded, whose threads then spin, and the kernels burn 4x
+    the CPU. Otherwise numba's default (OpenMP) stays: its launches are cheaper.
     """
     import numba
 
     import scene3d
     from scene3d.renderers.gaussians import _numba_kernels as K
 
-    if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
-        numba.config.THREADING_LAYER = "workqueue"
-
     if scene3d.OMP_POLICY_SET_LATE:
         log.warning(
             "torch was imported before scene3d with OMP_WAIT_POLICY unset: its OpenMP threads spin "
             "and slow the CPU rasterizer down; set OMP_WAIT_POLICY=PASSIVE or import scene3d first"
         )
+        if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
+            numba.config.THREADING_LAYER = "workqueue"
     return K
 
 
@@ -103,6 +104,58 @@ class Binning:
             return K.reduce_pairs(
                 per_pair, self.offsets, self.ids, self.n_cameras, self.n_gaussians, self.tiles_x * self.tiles_y
             )
+
+
+class _ProjectCPU(torch.autograd.Function):
+    """:func:`project_gaussians` with its gradient computed by a numba kernel: the forward is the
+    torch code itself (without autograd), so the values are exactly those every backend uses."""
+
+    @staticmethod
+    def forward(ctx, means, quats, scales, opacities, cameras: Cameras, near, far, eps2d, antialiased):
+        proj = project_gaussians(
+            means, quats, scales, opacities, cameras, near=near, far=far, eps2d=eps2d, antialiased=antialiased
+        )
+        ctx.save_for_backward(means, quats, scales, opacities)
+        ctx.cameras, ctx.options = cameras, (near, far, eps2d, antialiased)
+        ctx.mark_non_differentiable(proj.radii_xy, proj.log_thresholds)
+        return proj.means2d, proj.conics, proj.depths, proj.opacities.contiguous(), proj.radii_xy, proj.log_thresholds
+
+    @staticmethod
+    def backward(ctx, g_means2d, g_conics, g_depths, g_opacities, _g_radii, _g_thresholds):
+        from scene3d.renderers.gaussians._numba_projection import projection_backward
+
+        means, quats, scales, opacities = ctx.saved_tensors
+        cams: Cameras = ctx.cameras
+        near, far, eps2d, antialiased = ctx.options
+        C, N = len(cams), means.shape[0]
+
+        def grad(g, shape):
+            return np.zeros(shape, np.float32) if g is None else _np(g)
+
+        intrinsics = torch.stack([cams.fx, cams.fy, cams.cx, cams.cy], dim=-1)
+        with _LAUNCH:
+            g = projection_backward(
+                _np(means), _np(quats), _np(scales), _np(opacities),
+                _np(cams.world_to_cam, np.float64), _np(intrinsics, np.float64),
+                float(cams.width[0]), float(cams.height[0]), float(near), float(far), float(eps2d), bool(antialiased),
+                grad(g_means2d, (C, N, 2)), grad(g_conics, (C, N, 3)), grad(g_depths, (C, N)), grad(g_opacities, (C, N)),
+            )
+        g_means, g_quats, g_scales, g_opac = (torch.from_numpy(x).to(means.dtype) for x in g)
+        return g_means, g_quats, g_scales, g_opac, None, None, None, None, None
+
+
+def project(
+    means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, cameras: Cameras, *,
+    near: float, far: float, eps2d: float, antialiased: bool,
+) -> Projection:
+    """:func:`project_gaussians` (same signature and values) differentiated by the numba kernel."""
+    _kernels()
+    m2d, conics, depths, opac, radii_xy, log_thr = _ProjectCPU.apply(
+        means, quats, scales, opacities, cameras, near, far, eps2d, antialiased
+    )
+    return Projection(
+        means2d=m2d, conics=conics, depths=depths, opacities=opac, radii_xy=radii_xy, log_thresholds=log_thr
+    )
 
 
 def _padded(x: np.ndarray) -> np.ndarray:
