@@ -9,25 +9,15 @@ slow, so its scenes stay small.
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from conftest import shared_scene
 from scene3d.bench.rasterize import GaussianScene, garden_scene, random_scene
 from scene3d.cameras import Cameras
-from scene3d.renderers.gaussians import (
-    RasterSettings,
-    accumulate_pixel_error,
-    available_backends,
-    rasterize,
-)
-from scene3d.renderers.gaussians.projection import project_gaussians, quat_scale_to_covar
+from scene3d.renderers.gaussians import RasterSettings, available_backends, rasterize
 
 # (forward max abs error, forward mean abs error, gradient max error relative to the tensor's max)
 TOLERANCES = {
@@ -38,7 +28,6 @@ TOLERANCES = {
     # to 1/255 of a colour. Not calibrated on hardware here (no GPU on the development machine).
     "gsplat": (5e-3, 1e-5, 1e-2),
 }
-HAS_CUDA = torch.cuda.is_available()
 CPU_BACKENDS = available_backends("cpu")
 needs_numba = pytest.mark.skipif("cpu" not in CPU_BACKENDS, reason="numba is not installed")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,9 +1,12 @@
-"""The CPU backend: projection in torch (autograd), tile blending in numba with a hand-written
-backward (:mod:`scene3d.renderers.gaussians._numba_kernels`).
+"""The CPU backend: numba kernels with hand-written backward passes, wrapped as autograd Functions.
 
-:class:`_BlendCPU` is a ``torch.autograd.Function``: its forward bins and blends the projected
-Gaussians, its backward runs the numba backward kernel and hands dL/d(means2d, conics, opacities,
-features) to autograd, which carries them through the projection to the 3D parameters.
+- :func:`project`: the torch projection of ``projection.py`` runs as is (so every backend sees the
+  same projected values, bit for bit) but is differentiated by a numba kernel
+  (``_numba_projection.py``) instead of autograd's walk over its many small tensor operations.
+- :func:`blend` (:class:`_BlendCPU`): bins the projected Gaussians into depth-sorted tile lists
+  and blends them (``_numba_kernels.py``); its backward runs the numba backward kernel and hands
+  dL/d(means2d, conics, opacities, features) back to autograd.
+- :func:`accumulate_error`: the forward kernel, accumulating weight * error per Gaussian.
 """
 
 from __future__ import annotations
