@@ -1,8 +1,8 @@
 """The densification-strategy interface: a dataclass of hyperparameters with fixed hooks.
 
 Every hook takes the same single argument, a :class:`StepContext`, so the trainer never asks which
-strategy it holds: it calls ``before_backward``, ``extra_loss`` and ``after_backward`` on whatever
-strategy was configured. Strategies keep their running statistics in ``self.state`` (tensors and
+strategy it holds: it calls ``before_backward``, ``extra_loss``, ``after_backward`` and
+``after_step`` on whatever strategy was configured. Strategies keep their running statistics in ``self.state`` (tensors and
 numbers, saved in checkpoints) and change the set of Gaussians only through
 :mod:`scene3d.densify.ops`.
 """
@@ -54,6 +54,9 @@ class Strategy:
 
     def after_backward(self, ctx: StepContext) -> None:
         """Called after backward, before the optimisers step: gather statistics, densify, prune."""
+
+    def after_step(self, ctx: StepContext) -> None:
+        """Called after the optimisers stepped (e.g. to perturb the updated parameters)."""
 
     def state_dict(self) -> dict:
         return dict(self.state)

@@ -172,6 +172,7 @@ class Trainer:
         for opt in self.model.optimizers.values():
             opt.step()
             opt.zero_grad(set_to_none=True)
+        self.strategy.after_step(ctx)
         self.step += 1
         with torch.no_grad():
             train_psnr = float(psnr(out.rgb.detach(), gt))
