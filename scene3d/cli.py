@@ -116,25 +116,69 @@ def demo(
     demo_command(output, max_steps=max_steps, time_budget=time_budget)
 
 
-def bench(
-    name: tyro.conf.Positional[Literal["rasterize"]],
+def bench_rasterize(
     json_out: Annotated[bool, tyro.conf.arg(name="json")] = False,
     repeats: int = 5,
     torch_on_garden: bool = False,
 ) -> None:
-    """Benchmarks. rasterize: forward and forward+backward times of each Gaussian rasterization
-    backend on 10k Gaussians at 128x128 and on garden_points (648x420, 3 cameras).
+    """Forward and forward+backward times of each Gaussian rasterization backend on 10k Gaussians
+    at 128x128 and on garden_points (648x420, 3 cameras).
 
     Args:
-        name: which benchmark to run.
         json_out: print a JSON list of records instead of a table.
         repeats: timed runs per measurement (the median is reported), after one warm-up.
         torch_on_garden: also time the PyTorch reference on garden (slow, tens of GB).
     """
-    if name == "rasterize":
-        from scene3d.bench.rasterize import main as run_bench
+    from scene3d.bench.rasterize import main as run_bench
 
-        run_bench(as_json=json_out, repeats=repeats, torch_on_garden=torch_on_garden)
+    run_bench(as_json=json_out, repeats=repeats, torch_on_garden=torch_on_garden)
+
+
+def bench_densify(
+    scene: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="SCENE")],
+    output: Annotated[Path, tyro.conf.arg(aliases=("-o",))] = Path("runs/bench_densify"),
+    strategies: tuple[str, ...] = ("adc", "pixel-error", "lpm", "mcmc"),
+    time_budget: float = 600.0,
+    max_steps: int = 3000,
+    preset: str = "short",
+    downscale: int = 1,
+    cap_max: int = -1,
+    seed: int = 0,
+    overwrite: bool = False,
+    json_out: Annotated[bool, tyro.conf.arg(name="json")] = False,
+) -> None:
+    """Trains 3DGS with every densification strategy on SCENE under the same time budget and
+    prints test PSNR, SSIM, Gaussian count, steps and times (plots in OUTPUT/bench_densify.png).
+
+    Args:
+        scene: a scene folder (any format `scene3d info` reads).
+        output: folder for one run per strategy, bench_densify.json and bench_densify.png.
+        strategies: the strategies to compare.
+        time_budget: training seconds per strategy (evaluation excluded).
+        max_steps: step limit per strategy (the schedule of the preset; whichever ends first).
+        preset: training preset shared by all strategies (see `scene3d train --help`).
+        downscale: image downscale factor.
+        cap_max: primitive budget of the strategies that have one; -1: ADC's final count (ADC runs first); 0: each strategy's own default.
+        seed: seed shared by every run.
+        overwrite: replace runs already in OUTPUT.
+        json_out: print JSON records instead of a table.
+    """
+    from scene3d.bench.densify import print_table, run_bench
+
+    rows = run_bench(scene, output, strategies, time_budget, max_steps, preset, downscale, cap_max, seed, overwrite)
+    if json_out:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_table(rows, scene)
+
+
+BENCH_COMMANDS = {"rasterize": bench_rasterize, "densify": bench_densify}
+
+
+def bench(name: tyro.conf.Positional[Literal["rasterize", "densify"]]) -> None:
+    """Benchmarks: `scene3d bench rasterize` (rasterizer backends), `scene3d bench densify SCENE`
+    (densification strategies at the same time budget). `scene3d bench NAME --help` for options."""
+    raise AssertionError("handled by main")  # pragma: no cover
 
 
 COMMANDS = {
@@ -159,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
             from scene3d.train.cli import train_main
 
             train_main(args[1:])
+            return 0
+        if args and args[0] == "bench":
+            tyro.extras.subcommand_cli_from_dict(BENCH_COMMANDS, prog="scene3d bench", description=bench.__doc__, args=args[1:])
             return 0
         tyro.extras.subcommand_cli_from_dict(
             COMMANDS,

@@ -28,6 +28,12 @@ PRESETS: dict[str, dict[str, dict]] = {
             "model": {"sh_degree_interval": 500},
             "strategy": {"refine_start": 250, "refine_stop": 5000, "refine_every": 100, "reset_every": 2000},
         },
+        "short": {
+            # 3k steps: what two CPU cores train in 10-20 minutes at 1/4 resolution (benchmarks).
+            "train": {"max_steps": 3000},
+            "model": {"sh_degree_interval": 500},
+            "strategy": {"refine_start": 200, "refine_stop": 2200, "refine_every": 100, "reset_every": 1500},
+        },
         "demo": {
             # The embedded scene in a few minutes on two CPU cores.
             "train": {"max_steps": 3000, "save_every": 500},
