@@ -155,7 +155,7 @@ def bench_densify(
         output: folder for one run per strategy, bench_densify.json and bench_densify.png.
         strategies: the strategies to compare.
         time_budget: training seconds per strategy (evaluation excluded).
-        max_steps: step limit per strategy (the schedule of the preset; whichever ends first).
+        max_steps: step limit per strategy; the preset's schedule is scaled to it (the time budget may end a run earlier).
         preset: training preset shared by all strategies (see `scene3d train --help`).
         downscale: image downscale factor.
         cap_max: primitive budget of the strategies that have one; -1: ADC's final count (ADC runs first); 0: each strategy's own default.

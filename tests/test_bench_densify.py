@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SCENE = REPO / "data" / "default_scene"
 
@@ -26,6 +28,10 @@ def test_bench_densify_runs_each_strategy_with_the_same_settings(tmp_path):
         assert r["steps"] == 30 and r["stopped_by"] == "max_steps"
         assert 5 < r["psnr"] < 60 and 0 < r["ssim"] <= 1 and r["num_gaussians"] > 0
         assert (Path(r["run"]) / "checkpoints" / "latest.pt").is_file()
+    spec = yaml.safe_load((out / "adc" / "config.yaml").read_text())  # the 3k-step preset scaled to 30 steps
+    assert spec["train_cfg"]["max_steps"] == 30
+    assert (spec["strategy_cfg"]["refine_start"], spec["strategy_cfg"]["refine_stop"], spec["strategy_cfg"]["reset_every"]) == (2, 22, 15)
+    assert spec["model_cfg"]["sh_degree_interval"] == 5
     saved = json.loads((out / "bench_densify.json").read_text())
     assert saved["results"] == rows and saved["settings"]["downscale"] == 4
     assert (out / "bench_densify.png").stat().st_size > 10_000

@@ -2,7 +2,8 @@
 time budget, compared on the test split.
 
 Each strategy trains 3DGS from the same initialisation (same seed, same image order) with the same
-preset schedule, the same step limit and the same training-time budget (evaluation and checkpoints
+preset schedule (its step counts scaled to ``--max-steps``), the same step limit and the same
+training-time budget (evaluation and checkpoints
 are not counted). The primitive budget is shared too: with ``--cap-max -1`` (the default) ADC runs
 first and every strategy that has a primitive budget (``cap_max`` or ``max_gaussians``) gets ADC's
 final count as its cap, so the comparison is at equal or lower Gaussian counts, as in the papers.
@@ -23,6 +24,7 @@ from scene3d.errors import Scene3dError
 
 DEFAULT_STRATEGIES = ("adc", "pixel-error", "lpm", "mcmc")
 CAP_FIELDS = ("cap_max", "max_gaussians")
+SCHEDULE_FIELDS = ("refine_start", "refine_stop", "reset_every")  # step counts scaled with --max-steps
 
 
 def _set_cap(strategy, cap: int) -> str | None:
@@ -73,7 +75,7 @@ def run_bench(
         cls = build_args_class("3dgs", name, preset)
         args = cls(scene=Path(scene), output=runs[name])
         args.data.downscale = downscale
-        args.train.max_steps = max_steps
+        scale_schedule(args, max_steps)
         args.train.time_budget = time_budget
         args.train.seed = seed
         args.train.eval_every = 0
@@ -104,6 +106,20 @@ def run_bench(
     (output / "bench_densify.json").write_text(json.dumps({"settings": meta, "results": rows}, indent=2))
     plot_bench(rows, output / "bench_densify.png")
     return rows
+
+
+def scale_schedule(args, max_steps: int) -> None:
+    """Sets ``max_steps`` and scales the preset's step-valued schedule (densification window, opacity
+    resets, SH degree interval) by the same factor, so every phase of the recipe happens."""
+    factor = max_steps / args.train.max_steps
+    args.train.max_steps = max_steps
+    if factor == 1:
+        return
+    for name in SCHEDULE_FIELDS:
+        if hasattr(args.strategy, name):
+            setattr(args.strategy, name, max(1, round(getattr(args.strategy, name) * factor)))
+    if hasattr(args.model, "sh_degree_interval"):
+        args.model.sh_degree_interval = max(1, round(args.model.sh_degree_interval * factor))
 
 
 def _curves(run: Path) -> tuple[list[float], list[float], list[float]]:
