@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from scene3d.densify.adc import ADCStrategy
 from scene3d.densify.base import StepContext, Strategy
+from scene3d.densify.pixel_error import PixelErrorStrategy
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "adc": ADCStrategy,
+    "pixel-error": PixelErrorStrategy,
     "none": Strategy,
 }
