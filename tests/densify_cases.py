@@ -23,7 +23,7 @@ def front_camera(x: float = 0.0, width: int = W, height: int = H) -> Cameras:
 
 def model_from(means, scales, opacities, colors=None, scene_scale: float = 1.0) -> GaussianModel:
     """A degree-0 GaussianModel with the given means [N, 3], isotropic scales [N] and opacities [N]."""
-    means = torch.as_tensor(means, dtype=torch.float32)
+    means = torch.as_tensor(means, dtype=torch.float32).clone()
     n = len(means)
     cols = torch.full((n, 3), 0.5) if colors is None else torch.as_tensor(colors, dtype=torch.float32)
     model = GaussianModel.from_points(means.numpy(), cols.numpy(), GaussianConfig(sh_degree=0), scene_scale=scene_scale)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from scene3d.densify.adc import ADCStrategy
 from scene3d.densify.base import StepContext, Strategy
+from scene3d.densify.mcmc import MCMCStrategy
 from scene3d.densify.pixel_error import PixelErrorStrategy
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "adc": ADCStrategy,
     "pixel-error": PixelErrorStrategy,
+    "mcmc": MCMCStrategy,
     "none": Strategy,
 }
