@@ -95,7 +95,7 @@ class ADCStrategy(Strategy):
     def refine(self, model, step: int) -> dict[str, int]:
         """One densification round: clone, split, prune. Returns how many of each."""
         grads = self.state["grad2d"] / self.state["count"].clamp_min(1)
-        high = grads > self.grow_grad2d
+        high = self.densify_candidates(model, grads)
         max_scale = torch.exp(model.params["scales"]).max(-1).values
         small = max_scale <= self.grow_scale3d * model.scene_scale
         clone_mask = high & small
@@ -109,13 +109,22 @@ class ADCStrategy(Strategy):
         split_mask = torch.cat([split_mask, torch.zeros(n_clone, dtype=torch.bool, device=split_mask.device)])
         if n_split:
             self.split(model, split_mask)
-        prune = torch.sigmoid(model.params["opacities"]) < self.prune_opa
-        if self.reset_every > 0 and step > self.reset_every:
-            prune |= torch.exp(model.params["scales"]).max(-1).values > self.prune_scale3d * model.scene_scale
+        prune = self.prune_candidates(model, step)
         n_prune = int(prune.sum())
         if n_prune:
             ops.remove(model.params, model.optimizers, prune)
         return {"cloned": n_clone, "split": n_split, "pruned": n_prune}
+
+    def densify_candidates(self, model, grads: torch.Tensor) -> torch.Tensor:
+        """[N] Gaussians to clone or split, given their average view-space gradients."""
+        return grads > self.grow_grad2d
+
+    def prune_candidates(self, model, step: int) -> torch.Tensor:
+        """[N] Gaussians to remove after growth: too transparent, or (after a reset) too large."""
+        prune = torch.sigmoid(model.params["opacities"]) < self.prune_opa
+        if self.reset_every > 0 and step > self.reset_every:
+            prune |= torch.exp(model.params["scales"]).max(-1).values > self.prune_scale3d * model.scene_scale
+        return prune
 
     def _revise(self, logit_opacity: torch.Tensor) -> torch.Tensor:
         o = torch.sigmoid(logit_opacity)

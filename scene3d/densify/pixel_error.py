@@ -121,9 +121,7 @@ class PixelErrorStrategy(ADCStrategy):
     @torch.no_grad()
     def refine(self, model, step: int) -> dict[str, int]:
         """Prunes, then clones or splits the highest-scoring Gaussians within the budget."""
-        prune = torch.sigmoid(model.params["opacities"]) < self.prune_opa
-        if self.reset_every > 0 and step > self.reset_every:
-            prune |= torch.exp(model.params["scales"]).max(-1).values > self.prune_scale3d * model.scene_scale
+        prune = self.prune_candidates(model, step)
         n_prune = int(prune.sum())
         score = self.state["score"]
         if n_prune:  # pruning first frees budget for growth in the same round
