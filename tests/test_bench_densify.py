@@ -19,11 +19,14 @@ def bench(*args: str) -> subprocess.CompletedProcess:
 
 def test_bench_densify_runs_each_strategy_with_the_same_settings(tmp_path):
     out = tmp_path / "bench"
-    strategies = ["none", "adc"]
+    strategies = ["none", "mcmc", "adc"]
     result = bench(str(DEFAULT_SCENE), "-o", str(out), "--strategies", *strategies, "--max-steps", "30", "--downscale", "4", "--json")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout[result.stdout.index("[") :])
-    assert [r["strategy"] for r in rows] == ["adc", "none"]  # ADC first: its count is the shared cap
+    assert [r["strategy"] for r in rows] == ["adc", "none", "mcmc"]  # ADC first: its count is the shared cap
+    by_name = {r["strategy"]: r for r in rows}
+    assert by_name["mcmc"]["cap"] == by_name["adc"]["num_gaussians"] and by_name["none"]["cap"] is None
+    assert by_name["mcmc"]["num_gaussians"] <= by_name["adc"]["num_gaussians"]
     for r in rows:
         assert r["steps"] == 30 and r["stopped_by"] == "max_steps"
         assert 5 < r["psnr"] < 60 and 0 < r["ssim"] <= 1 and r["num_gaussians"] > 0
