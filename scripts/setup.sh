@@ -20,4 +20,16 @@ PIP=".venv/bin/python -m pip"
 # The CPU build of PyTorch; a user with a CUDA build installed keeps theirs.
 .venv/bin/python -c "import torch" 2>/dev/null || $PIP install -q torch==2.13.0
 $PIP install -q -e ".[test]"
+# PlayCanvas splat-transform (npm): an independent reader and writer of every scene format, which the
+# tests use to check that other tools open our files. Optional: the tests that need it skip without it.
+if [ ! -x .tools/node_modules/.bin/splat-transform ]; then
+    if ! command -v npm >/dev/null && [ "$(id -u)" = 0 ]; then
+        apt-get install -y -q nodejs npm >/dev/null 2>&1 || true
+    fi
+    if command -v npm >/dev/null; then
+        mkdir -p .tools
+        npm install --prefix .tools --no-audit --no-fund --loglevel=error @playcanvas/splat-transform@2.7.1 \
+            || echo "splat-transform could not be installed; the tests that use it will skip"
+    fi
+fi
 echo "scene3d is installed in .venv (run .venv/bin/scene3d --help)"

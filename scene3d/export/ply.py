@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import torch
 from torch import Tensor
 
 from scene3d.errors import DataError
+from scene3d.export.fileio import atomic_write, check_finite, model_arrays
 from scene3d.export.sh_rotation import sh_degree_from_rest
 from scene3d.export.transform import transform_gaussians
 
@@ -60,32 +60,6 @@ def ply_property_names(degree: int) -> list[str]:
 # Writing
 
 
-def _model_arrays(params: dict[str, Tensor]) -> dict[str, np.ndarray]:
-    """The model's tensors as float32 numpy arrays, shapes checked, ``shN`` defaulting to empty."""
-    missing = [k for k in ("means", "quats", "scales", "opacities", "sh0") if k not in params]
-    if missing:
-        raise ValueError(f"the model has no {', '.join(missing)}")
-    arrays = {k: params[k].detach().cpu().to(torch.float32).numpy() for k in ("means", "quats", "scales", "opacities", "sh0")}
-    n = arrays["means"].shape[0]
-    shN = params.get("shN")
-    arrays["shN"] = np.zeros((n, 0, 3), np.float32) if shN is None else shN.detach().cpu().to(torch.float32).numpy()
-    expected = {"means": (n, 3), "quats": (n, 4), "scales": (n, 3), "opacities": (n,), "sh0": (n, 1, 3)}
-    for key, shape in expected.items():
-        if arrays[key].shape != shape:
-            raise ValueError(f"{key} must have shape {list(shape)} for {n} Gaussians, got {list(arrays[key].shape)}")
-    if arrays["shN"].ndim != 3 or arrays["shN"].shape[0] != n or arrays["shN"].shape[2] != 3:
-        raise ValueError(f"shN must have shape [{n}, K-1, 3], got {list(arrays['shN'].shape)}")
-    sh_degree_from_rest(arrays["shN"].shape[1])
-    return arrays
-
-
-def _check_finite(arrays: dict[str, np.ndarray], where: str) -> None:
-    for key, a in arrays.items():
-        bad = int(a.size - np.count_nonzero(np.isfinite(a)))
-        if bad:
-            raise ValueError(f"{key} has {bad} non-finite (NaN or Inf) values {where}; refusing to write the PLY")
-
-
 def write_ply(path: str | Path, params: dict[str, Tensor], transform=None) -> Path:
     """Write a Gaussian model as a standard binary little-endian 3DGS PLY.
 
@@ -104,11 +78,11 @@ def write_ply(path: str | Path, params: dict[str, Tensor], transform=None) -> Pa
         ValueError: a tensor has the wrong shape, or a value is NaN or Inf (the message names it).
     """
     path = Path(path)
-    arrays = _model_arrays(params)
-    _check_finite(arrays, "in the model")
+    arrays = model_arrays(params)
+    check_finite(arrays, "in the model", "the PLY")
     if transform is not None:
-        arrays = _model_arrays(transform_gaussians(params, transform))
-        _check_finite(arrays, "after applying the export transform")
+        arrays = model_arrays(transform_gaussians(params, transform))
+        check_finite(arrays, "after applying the export transform", "the PLY")
     n, num_rest = arrays["means"].shape[0], arrays["shN"].shape[1]
     names = ply_property_names(sh_degree_from_rest(num_rest))
 
@@ -129,19 +103,7 @@ def write_ply(path: str | Path, params: dict[str, Tensor], transform=None) -> Pa
         + ["end_header\n"]
     ).encode("ascii")
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            f.write(rows.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, header + rows.tobytes())
     return path
 
 
