@@ -70,13 +70,30 @@ def train(
 
 def eval(
     target: tyro.conf.Positional[Path],
+    data: Annotated[Path | None, tyro.conf.arg(metavar="SCENE")] = None,
     json_out: Annotated[bool, tyro.conf.arg(name="json")] = False,
     device: str = "auto",
+    cfg: Annotated[DataConfig, Flat] = DataConfig(),
 ) -> None:
-    """Test-split metrics (PSNR, SSIM) of a trained run."""
-    from scene3d.train.commands import eval_command
+    """Test-split metrics (PSNR, SSIM) of a trained run, or of a scene file against a dataset:
+    `scene3d eval RUN` or `scene3d eval FILE --data SCENE [--downscale N]`.
 
-    eval_command(target, json_out=json_out, device=device)
+    Args:
+        target: a run folder, or a scene file (.ply, .splat, .compressed.ply, .spz, .sog).
+        data: the dataset a scene file is compared with (its test split; options as for `scene3d info`).
+        json_out: print one JSON object.
+        device: auto, cpu or cuda.
+    """
+    from scene3d.train.commands import eval_command, eval_file_command
+
+    if target.is_dir() or not target.exists():
+        if data is not None:
+            raise Scene3dError(f"{target}: --data is for scene files; a run is evaluated on the dataset it was trained on")
+        eval_command(target, json_out=json_out, device=device)
+    else:
+        if data is None:
+            raise Scene3dError(f"{target}: a scene file is evaluated against a dataset; add --data SCENE (and --downscale as in training)")
+        eval_file_command(target, data, cfg, json_out=json_out, device=device)
 
 
 def render(
@@ -95,14 +112,29 @@ def render(
 
 
 def export(
-    run: tyro.conf.Positional[Path],
+    target: tyro.conf.Positional[Path],
     output: Annotated[Path, tyro.conf.arg(aliases=("-o",))],
-    format: Literal["ply"] = "ply",
+    format: Literal["ply", "splat", "compressed-ply", "spz", "sog"] | None = None,
+    sog_sh_iterations: int = 10,
 ) -> None:
-    """Exports a trained scene to a file other tools open, in the input data's coordinate frame."""
+    """Writes a trained run (in the input data's coordinate frame) or converts a scene file to a
+    format other tools open: ply, splat, compressed-ply, spz, sog (default: from OUTPUT's name).
+
+    Args:
+        target: a run folder or a scene file.
+        output: the file to write (.ply, .splat, .compressed.ply, .spz, .sog).
+        format: the format (default: the one OUTPUT's name says).
+        sog_sh_iterations: k-means iterations for sog's higher-SH palette.
+    """
     from scene3d.train.commands import export_command
 
-    export_command(run, output, format)
+    fmt = format
+    if fmt is None:
+        from scene3d.export.formats import format_of_path
+
+        fmt = format_of_path(output).name
+    options = {"sh_iterations": sog_sh_iterations} if fmt == "sog" else {}
+    export_command(target, output, fmt, **options)
 
 
 def demo(

@@ -140,6 +140,14 @@ def test_cli_train_eval_export_render(scene, tmp_path):
 
     assert torch.allclose(draw(back), draw(orig), atol=2e-3)
 
+    # The exported file, evaluated against the dataset, scores what the run scores.
+    ev_file = cli("eval", str(ply), "--data", str(scene), "--json")
+    assert ev_file.returncode == 0, ev_file.stderr
+    file_metrics = json.loads(ev_file.stdout)
+    assert abs(file_metrics["psnr"] - metrics["psnr"]) < 0.01 and file_metrics["num_gaussians"] == metrics["num_gaussians"]
+    no_data = cli("eval", str(ply))
+    assert no_data.returncode == 2 and "--data" in no_data.stderr
+
     video = tmp_path / "orbit.mp4"
     r = cli("render", str(run), "--path", "orbit", "--frames", "8", "-o", str(video))
     assert r.returncode == 0, r.stderr

@@ -57,25 +57,75 @@ def render_command(run: Path, *, path: str = "test", output: Path | None = None,
     return out
 
 
-def export_command(run: Path, output: Path, format: str = "ply") -> Path:
+def model_from_scene_file(path: Path, ds, device: str = "auto"):
+    """A GaussianModel from a scene file in the input frame (any format), moved into ``ds``'s
+    normalised frame, ready to render with ``ds``'s cameras."""
+    from scene3d.export.formats import read_scene
+    from scene3d.models.config import GaussianConfig
+    from scene3d.models.gaussians import GaussianModel
+    from scene3d.train.trainer import pick_device
+
+    params = read_scene(path, transform=np.asarray(ds.transform, dtype=np.float64))
+    degree = int(round(float(np.sqrt(params["shN"].shape[1] + 1)))) - 1
+    dev = pick_device(device)
+    return GaussianModel({k: v.to(dev) for k, v in params.items()}, GaussianConfig(sh_degree=degree), scene_scale=1.0)
+
+
+def eval_file_command(path: Path, scene: Path, data_cfg, *, json_out: bool = False, device: str = "auto") -> dict:
+    """Test-split metrics of a scene file (ply, splat, spz, sog, ...) against ``scene``'s images."""
     from rich.console import Console
 
+    from scene3d.train.run import prepare_dataset
+    from scene3d.train.trainer import evaluate_model, pick_device
+
+    ds = prepare_dataset(Path(scene), data_cfg, "3dgs")
+    model = model_from_scene_file(Path(path), ds, device)
+    result = evaluate_model(model, ds, pick_device(device))
+    result.update({"file": str(path), "scene": str(scene), "bytes": Path(path).stat().st_size})
+    if json_out:
+        print(json.dumps(result))
+    else:
+        Console().print(
+            f"{path}: {result['eval_split']} split of {scene}, {result['num_images']} images: PSNR {result['psnr']:.2f} dB, "
+            f"SSIM {result['ssim']:.4f}, {result['num_gaussians']:,} Gaussians, {result['bytes'] / 1e6:.2f} MB"
+        )
+    return result
+
+
+def run_params_in_input_frame(run: Path) -> tuple[dict, np.ndarray]:
+    """(params, normalised -> input transform) of a run's latest checkpoint; refuses non-Gaussian runs."""
     from scene3d.train import checkpoint as ckpt
     from scene3d.train.trainer import RunSpec
 
-    spec = RunSpec.from_yaml(Path(run) / "config.yaml")
-    state = ckpt.load(Path(run) / "checkpoints" / "latest.pt")
+    run = Path(run)
+    if not run.exists():
+        raise Scene3dError(f"{run}: does not exist")
+    spec = RunSpec.from_yaml(run / "config.yaml")
+    state = ckpt.load(run / "checkpoints" / "latest.pt")
     if spec.model != "3dgs":
-        raise Scene3dError(f"format {format!r} holds Gaussians; run {run} is a {spec.model} model")
-    if format != "ply":
-        raise Scene3dError(f"unknown export format {format!r}; valid formats: ply")
-    from scene3d.export import write_ply
-
+        raise Scene3dError(f"{run}: is a {spec.model} run; scene files hold Gaussians (3dgs runs)")
     to_input = np.linalg.inv(np.asarray(state["dataset"]["transform"], dtype=np.float64))
     params = {k: v.detach().cpu() for k, v in state["model"]["params"].items()}
-    write_ply(Path(output), params, transform=to_input)
-    Console().print(f"wrote {params['means'].shape[0]:,} Gaussians to {output} ({Path(output).stat().st_size / 1e6:.1f} MB, input coordinate frame)")
-    return Path(output)
+    return params, to_input
+
+
+def export_command(target: Path, output: Path, format: str | None = None, **options) -> Path:
+    """Writes a run (in the input data's frame) or converts a scene file, as ``format`` (default:
+    what ``output``'s name says)."""
+    from rich.console import Console
+
+    from scene3d.export.formats import format_of_path, get_format, read_scene
+
+    target, output = Path(target), Path(output)
+    fmt = get_format(format) if format is not None else format_of_path(output)
+    if target.is_dir():
+        params, to_input = run_params_in_input_frame(target)
+    else:
+        params, to_input = read_scene(target), None
+    fmt.write(output, params, transform=to_input, **options)
+    n = params["means"].shape[0]
+    Console().print(f"wrote {n:,} Gaussians to {output} as {fmt.name} ({output.stat().st_size / 1e6:.2f} MB, input coordinate frame)")
+    return output
 
 
 def demo_command(output: Path, *, max_steps: int = 3000, time_budget: float = 420.0) -> dict:
