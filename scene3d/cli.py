@@ -204,12 +204,43 @@ def bench_densify(
         print_table(rows, scene)
 
 
-BENCH_COMMANDS = {"rasterize": bench_rasterize, "densify": bench_densify}
+def bench_export(
+    run: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")],
+    output: Annotated[Path | None, tyro.conf.arg(aliases=("-o",))] = None,
+    formats: tuple[Literal["ply", "splat", "compressed-ply", "spz", "sog"], ...] = ("ply", "splat", "compressed-ply", "spz", "sog"),
+    reference: bool = True,
+    sog_sh_iterations: int = 10,
+    device: str = "auto",
+    json_out: Annotated[bool, tyro.conf.arg(name="json")] = False,
+) -> None:
+    """Writes a trained run in every scene-file format, reads each back and prints size, ratio to
+    PLY, write and read time, and the test PSNR/SSIM of the decoded scene (plot in OUTPUT/bench_export.png).
+
+    Args:
+        run: a trained 3dgs run folder.
+        output: folder for the files, bench_export.json and bench_export.png (default: RUN/bench_export).
+        formats: the formats to measure.
+        reference: also measure the SOG that PlayCanvas splat-transform makes from our PLY (when installed).
+        sog_sh_iterations: k-means iterations for the higher-SH palette (ours and splat-transform's).
+        device: auto, cpu or cuda.
+        json_out: print JSON records instead of a table.
+    """
+    from scene3d.bench.export import print_table, run_bench
+
+    rows = run_bench(run, output, formats, reference, sog_sh_iterations, device)
+    if json_out:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_table(rows, run)
 
 
-def bench(name: tyro.conf.Positional[Literal["rasterize", "densify"]]) -> None:
+BENCH_COMMANDS = {"rasterize": bench_rasterize, "densify": bench_densify, "export": bench_export}
+
+
+def bench(name: tyro.conf.Positional[Literal["rasterize", "densify", "export"]]) -> None:
     """Benchmarks: `scene3d bench rasterize` (rasterizer backends), `scene3d bench densify SCENE`
-    (densification strategies at the same time budget). `scene3d bench NAME --help` for options."""
+    (densification strategies at the same time budget), `scene3d bench export RUN` (scene-file
+    formats: size against quality). `scene3d bench NAME --help` for options."""
     raise AssertionError("handled by main")  # pragma: no cover
 
 

@@ -1,0 +1,132 @@
+"""``scene3d bench export RUN``: what each scene-file format costs and saves on one trained run.
+
+For every format the run's model is written in the input frame (as ``scene3d export`` does), read
+back, and the decoded scene is evaluated on the run's test split with the same renderer. Reported
+per format: file size, ratio to the PLY, write and read time, PSNR and SSIM of the decoded scene and
+the PSNR lost against the uncompressed model. When PlayCanvas splat-transform is installed, its own
+SOG encoder is run on our PLY as a reference row (``sog (splat-transform)``), measured the same way.
+
+Output: a table (or ``--json`` records); in ``OUTPUT/``: the files, ``bench_export.json`` and
+``bench_export.png`` (PSNR against size).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from scene3d.errors import Scene3dError
+
+DEFAULT_FORMATS = ("ply", "splat", "compressed-ply", "spz", "sog")
+FILE_NAMES = {"ply": "scene.ply", "splat": "scene.splat", "compressed-ply": "scene.compressed.ply", "spz": "scene.spz", "sog": "scene.sog"}
+
+
+def run_bench(run: Path, output: Path | None = None, formats: tuple[str, ...] = DEFAULT_FORMATS, reference: bool = True,
+              sog_sh_iterations: int = 10, device: str = "auto") -> list[dict]:  # fmt: skip
+    from rich.console import Console
+
+    from scene3d.export.formats import get_format, read_scene
+    from scene3d.export.splat_transform import find_splat_transform, run_splat_transform
+    from scene3d.train.commands import model_from_scene_file, run_params_in_input_frame
+    from scene3d.train.run import load_run
+    from scene3d.train.trainer import evaluate_model, pick_device
+
+    console = Console(stderr=True)
+    run = Path(run)
+    formats = tuple(formats)
+    for name in formats:
+        get_format(name)
+    if not formats:
+        raise Scene3dError("no formats to compare (--formats is empty)")
+    output = Path(output) if output is not None else run / "bench_export"
+    output.mkdir(parents=True, exist_ok=True)
+    dev = pick_device(device)
+    spec, ds, model, state = load_run(run, device)
+    bg_mode = spec.train_cfg.get("background_mode", "auto")
+    console.print(f"evaluating the run's model on its {'test' if ds.test_indices else 'train'} split ...")
+    base = evaluate_model(model, ds, dev, bg_mode)
+    params, to_input = run_params_in_input_frame(run)
+    del model
+
+    def measure(label: str, path: Path, write_seconds: float, fmt_name: str) -> dict:
+        t0 = time.perf_counter()
+        read_scene(path)
+        read_seconds = time.perf_counter() - t0
+        decoded = model_from_scene_file(path, ds, device)
+        m = evaluate_model(decoded, ds, dev, bg_mode)
+        row = {
+            "format": label, "file": str(path), "bytes": path.stat().st_size, "write_seconds": round(write_seconds, 3),
+            "read_seconds": round(read_seconds, 3), "psnr": m["psnr"], "ssim": m["ssim"], "psnr_lost": base["psnr"] - m["psnr"],
+            "num_gaussians": m["num_gaussians"], "eval_split": m["eval_split"], "num_images": m["num_images"],
+        }  # fmt: skip
+        console.print(f"{label}: {row['bytes'] / 1e6:.2f} MB, PSNR {row['psnr']:.2f} dB ({-row['psnr_lost']:+.2f})")
+        return row
+
+    rows: list[dict] = []
+    for name in formats:
+        path = output / FILE_NAMES[name]
+        options = {"sh_iterations": sog_sh_iterations} if name == "sog" else {}
+        console.print(f"writing {name} ...")
+        t0 = time.perf_counter()
+        get_format(name).write(path, params, transform=to_input, **options)
+        rows.append(measure(name, path, time.perf_counter() - t0, name))
+
+    exe = find_splat_transform() if reference else None
+    if reference and exe is None:
+        console.print("splat-transform is not installed: no reference SOG row (scripts/setup.sh installs it)")
+    if exe is not None:
+        ply = output / FILE_NAMES["ply"]
+        if not ply.exists():
+            get_format("ply").write(ply, params, transform=to_input)
+        ref = output / "splat-transform.sog"
+        console.print("writing sog with splat-transform (reference) ...")
+        t0 = time.perf_counter()
+        run_splat_transform(exe, "-g", "cpu", "-i", str(sog_sh_iterations), str(ply), str(ref))
+        rows.append(measure("sog (splat-transform)", ref, time.perf_counter() - t0, "sog"))
+
+    ply_bytes = next((r["bytes"] for r in rows if r["format"] == "ply"), None)
+    if ply_bytes is None:
+        n = params["means"].shape[0]
+        ply_bytes = 4 * n * (3 + 3 + 3 + 3 * params["shN"].shape[1] + 1 + 3 + 4) + 600  # what write_ply would write
+    for r in rows:
+        r["ratio_to_ply"] = ply_bytes / r["bytes"]
+        r["model_psnr"] = base["psnr"]
+    (output / "bench_export.json").write_text(json.dumps({"run": str(run), "model": base, "rows": rows}, indent=2))
+    plot_bench(rows, base, output / "bench_export.png")
+    return rows
+
+
+def plot_bench(rows: list[dict], base: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        ax.scatter(r["bytes"] / 1e6, r["psnr"], s=40)
+        ax.annotate(r["format"], (r["bytes"] / 1e6, r["psnr"]), textcoords="offset points", xytext=(5, 5))
+    ax.axhline(base["psnr"], color="gray", ls="--", lw=1, label="uncompressed model")
+    ax.set(xscale="log", xlabel="file size (MB, log)", ylabel=f"{base['eval_split']} PSNR (dB)", title="scene files: quality against size")
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def print_table(rows: list[dict], run: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    base = rows[0]["model_psnr"] if rows else float("nan")
+    table = Table(title=f"scene files of {run} (uncompressed model: {base:.2f} dB)")
+    for col in ("format", "size MB", "ply / size", "write s", "read s", "PSNR", "lost dB", "SSIM"):
+        table.add_column(col, justify="left" if col == "format" else "right")
+    for r in rows:
+        table.add_row(
+            r["format"], f"{r['bytes'] / 1e6:.2f}", f"{r['ratio_to_ply']:.1f}x", f"{r['write_seconds']:.2f}", f"{r['read_seconds']:.2f}",
+            f"{r['psnr']:.2f}", f"{r['psnr_lost']:.3f}", f"{r['ssim']:.4f}",
+        )  # fmt: skip
+    Console().print(table)

@@ -1,0 +1,30 @@
+"""PlayCanvas splat-transform (npm ``@playcanvas/splat-transform``), an independent tool that reads
+and writes every scene format scene3d does. ``scripts/setup.sh`` installs it into ``.tools/`` when
+npm can reach its registry; ``SCENE3D_SPLAT_TRANSFORM`` may point at another executable.
+scene3d uses it only to check interoperability and as a reference in ``scene3d bench export``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def find_splat_transform() -> str | None:
+    """The splat-transform executable, or None when it is not installed."""
+    for candidate in (os.environ.get("SCENE3D_SPLAT_TRANSFORM"), str(REPO / ".tools" / "node_modules" / ".bin" / "splat-transform")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return shutil.which("splat-transform")
+
+
+def run_splat_transform(exe: str, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
+    """Run it quietly, overwriting outputs; raises RuntimeError with its output when it fails."""
+    result = subprocess.run([exe, "-q", "-w", *args], capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"splat-transform {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result

@@ -1,0 +1,54 @@
+"""``scene3d bench export``: every format written from a run, read back and evaluated."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SCENE = REPO / "data" / "default_scene"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "scene3d", *args], capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench_export") / "run"
+    r = cli("train", str(DEFAULT_SCENE), "-o", str(out), "--preset", "short", "--max-steps", "40", "--downscale", "4")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_bench_export_measures_every_format(run, tmp_path):
+    formats = ["ply"]
+    r = cli("bench", "export", str(run), "-o", str(tmp_path / "b"), "--formats", *formats, "--no-reference", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout[r.stdout.index("[") :])
+    assert [row["format"] for row in rows] == formats
+    by = {row["format"]: row for row in rows}
+    assert abs(by["ply"]["psnr_lost"]) < 1e-3 and by["ply"]["ratio_to_ply"] == 1.0  # the PLY is lossless
+    for row in rows:
+        assert row["bytes"] == Path(row["file"]).stat().st_size > 0
+        assert row["write_seconds"] >= 0 and row["read_seconds"] >= 0 and 5 < row["psnr"] < 60
+    saved = json.loads((tmp_path / "b" / "bench_export.json").read_text())
+    assert saved["rows"] == rows and saved["model"]["psnr"] == pytest.approx(rows[0]["model_psnr"])
+    assert (tmp_path / "b" / "bench_export.png").stat().st_size > 10_000
+
+
+def test_export_converts_files_and_refuses_bad_targets(run, tmp_path):
+    ply = tmp_path / "a.ply"
+    assert cli("export", str(run), "-o", str(ply)).returncode == 0
+    again = tmp_path / "b.ply"
+    r = cli("export", str(ply), "-o", str(again))
+    assert r.returncode == 0, r.stderr
+    assert again.read_bytes() == ply.read_bytes()  # file -> file keeps the frame and every value
+    bad = cli("export", str(run), "-o", str(tmp_path / "x.obj"))
+    assert bad.returncode == 2 and "x.obj" in bad.stderr
+    missing = cli("export", str(tmp_path / "nope.ply"), "-o", str(tmp_path / "y.ply"))
+    assert missing.returncode == 2 and "nope.ply" in missing.stderr and "does not exist" in missing.stderr
