@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 import math
 import struct
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -398,17 +400,11 @@ def test_splat_writer_refuses_scales_beyond_float32(tmp_path):
 
 
 def _splat_bytes(n: int = 3) -> bytes:
-    import tempfile
-    from pathlib import Path
-
     with tempfile.TemporaryDirectory() as d:
         return write_splat(Path(d) / "m.splat", random_model(n, 0, seed=7)).read_bytes()
 
 
 def _spz_stream(n: int = 3, degree: int = 1, version: int = 3) -> bytes:
-    import tempfile
-    from pathlib import Path
-
     with tempfile.TemporaryDirectory() as d:
         return gzip.decompress(write_spz(Path(d) / "m.spz", random_model(n, degree, seed=7), version=version).read_bytes())
 

@@ -20,7 +20,8 @@ writer's order):
 
 * ``means``: exactly (float32).
 * ``scales`` (log): up to float32 rounding of ``exp`` and ``log``:
-  ``|error| <= SPLAT_LOG_SCALE_TOL * (1 + |log scale|)``.
+  ``|error| <= SPLAT_LOG_SCALE_TOL * (1 + |log scale|)`` while the scale is a normal float32
+  (log scale above about -87).
 * colour ``0.5 + SH_C0 * sh0`` clamped to [0, 1]: within ``SPLAT_COLOUR_TOL = 0.5 / 255``.
 * ``sigmoid(opacities)``: within ``SPLAT_ALPHA_TOL = 0.5 / 255`` (the reader keeps the decoded alpha
   in [0.5/255, 1 - 0.5/255] so the logit is finite).
