@@ -36,8 +36,9 @@ that attribute, float32 rounding of the result aside):
 * means, log scales: ``range / 4094`` on x and z (11 bits), ``range / 2046`` on y (10 bits)
 * f_dc: ``range_c / 510 / SH_C0``, with ``range_c`` the chunk's range of ``c = 0.5 + SH_C0 f_dc``
 * opacity: ``|sigmoid(decoded) - sigmoid(original)| <= 0.5 / 255``
-* quats: normalised, and up to sign, ``|q_decoded - q| <= 2.5e-3`` (each stored component is off by
-  at most h = sqrt2 / 2046 = 6.9e-4; the rebuilt largest one by about sqrt3 * sqrt3 * h)
+* quats: normalised, and up to sign, ``|q_decoded - q| <= 2.5e-3``: each stored component is off by
+  at most h = sqrt2 / 2046 = 6.9e-4, the rebuilt largest one (>= 1/2) by at most about 3 h, so
+  |dq| <= sqrt(3 h^2 + 9 h^2) = 2 sqrt3 h = 2.4e-3 to first order
 * f_rest: ``3 / 128`` for values in [-4, 4] (``1 / 64`` inside [-4 + 1/32, 4 - 1/32], the grid's
   middle); values outside [-4, 4] are clamped to it. The writer picks the nearest code; PlayCanvas
   truncates, which is within ``1 / 32``.
@@ -59,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from numpy.lib.recfunctions import structured_to_unstructured
 from torch import Tensor
 
 from scene3d.errors import DataError
@@ -376,7 +378,8 @@ def read_compressed_ply(path: str | Path, transform=None) -> dict[str, Tensor]:
 
     if sh is not None:
         num_f_rest = sum(1 for name, _ in sh.props if name.startswith("f_rest_"))
-        f_rest = np.stack([_sh_value(tables["sh"][f"f_rest_{i}"]) for i in range(num_f_rest)], axis=1).reshape(n, num_f_rest)
+        codes = structured_to_unstructured(tables["sh"][[f"f_rest_{i}" for i in range(num_f_rest)]])
+        f_rest = _sh_value(np.arange(256))[codes.reshape(n, num_f_rest)]
         shN = f_rest.reshape(n, 3, num_f_rest // 3).transpose(0, 2, 1)
     else:
         shN = np.zeros((n, 0, 3))
