@@ -4,6 +4,7 @@ splat-transform interop both ways, and DataError for every malformed file (with 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -228,6 +229,40 @@ def test_we_read_splat_transforms_compressed_ply(tmp_path, model3):
     run_splat_transform(str(tmp_path / "m.ply"), str(tmp_path / "x.compressed.ply"))
     decoded = read_compressed_ply(tmp_path / "x.compressed.ply")
     assert_within_bounds(decoded, reorder(model3, matching(model3, decoded)), sh_bound=SH_BOUND_TRUNCATING)
+
+
+def test_empty_model(tmp_path):
+    empty = {k: v[:0] for k, v in random_model(4, degree=2).items()}
+    decoded = read_compressed_ply(write_compressed_ply(tmp_path / "e.compressed.ply", empty))
+    assert {k: tuple(v.shape) for k, v in decoded.items()} == {k: tuple(v.shape) for k, v in empty.items()}
+
+
+def test_older_files_without_chunk_colour_bounds(tmp_path):
+    """12 chunk properties: the colour bytes are the colour over [0, 1]. Read as splat-transform does."""
+    n = 300
+    model = random_model(n, degree=0, seed=2)
+    model["opacities"] = model["opacities"].clamp(-6, 6)  # bytes 1..254 (see test_splat_transform_decompresses_our_file)
+    data = write_compressed_ply(tmp_path / "new.compressed.ply", model).read_bytes()
+    head, body = header_and_body(data)
+    chunks = np.frombuffer(body, "<f4", count=2 * 18).reshape(2, 18)
+    packed = np.frombuffer(body, "<u4", offset=2 * 18 * 4).reshape(n, 4).copy()
+    new = read_compressed_ply(tmp_path / "new.compressed.ply")
+    colors = np.clip(0.5 + SH_C0 * new["sh0"].double().numpy().reshape(n, 3), 0, 1)
+    codes = np.floor(colors * 255 + 0.5).astype(np.uint32)
+    packed[:, 3] = (codes[:, 0] << 24) | (codes[:, 1] << 16) | (codes[:, 2] << 8) | (packed[:, 3] & 255)
+    head = "".join(line + "\n" for line in head.splitlines() if not re.fullmatch(r"property float (min|max)_[rgb]", line))
+    old = tmp_path / "old.compressed.ply"
+    old.write_bytes(head.encode() + b"end_header\n" + chunks[:, :12].astype("<f4").tobytes() + packed.astype("<u4").tobytes())
+
+    decoded = read_compressed_ply(old)
+    for key in ("means", "quats", "scales", "opacities", "shN"):
+        assert torch.equal(decoded[key], new[key])
+    expected = (codes / 255 - 0.5) / SH_C0
+    np.testing.assert_allclose(decoded["sh0"].numpy().reshape(n, 3), expected, rtol=0, atol=1e-6)
+    run_splat_transform(str(old), str(tmp_path / "x.ply"))
+    theirs = read_ply(tmp_path / "x.ply")
+    for key in KEYS:
+        torch.testing.assert_close(theirs[key], decoded[key], rtol=1e-6, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
