@@ -413,3 +413,4 @@ def test_fuzz_reader_raises_data_error_or_reads_a_valid_model(tmp_path, valid_by
     assert set(model) == set(KEYS)
     assert model["quats"].shape == (n, 4) and model["opacities"].shape == (n,) and model["sh0"].shape == (n, 1, 3)
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in model.values())
+    assert torch.allclose(model["quats"].norm(dim=1), torch.ones(n), atol=1e-5)

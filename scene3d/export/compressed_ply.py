@@ -1,8 +1,8 @@
 """The PlayCanvas / SuperSplat compressed PLY (``*.compressed.ply``): what SuperSplat exports, the
-PlayCanvas engine loads, and PlayCanvas splat-transform reads and writes. About 16 bytes per
-Gaussian plus 1 byte per higher SH coefficient, against 248 for the standard PLY at degree 3.
+PlayCanvas engine loads, and PlayCanvas splat-transform reads and writes. 16 bytes per Gaussian
+plus 1 per ``f_rest`` value (61 at degree 3), against 248 for the standard PLY at degree 3.
 
-A binary little-endian PLY with two or three elements, in this order::
+A binary little-endian PLY with two or three elements, written in this order::
 
     element chunk ceil(N/256)    float32, one row per 256 consecutive Gaussians:
         min_x min_y min_z max_x max_y max_z                      bounds of the means
@@ -44,8 +44,10 @@ that attribute, float32 rounding of the result aside):
   truncates, which is within ``1 / 32``.
 
 Clamping, compared with PlayCanvas: its decoder turns the opacity bytes 0 and 255 into logits of
--inf and +inf; :func:`read_compressed_ply` reads them as the logits of 0.5/255 and 254.5/255 (within
-the 0.5/255 bound of anything that encodes to them), so the model stays finite. splat-transform
+-inf and +inf (and splat-transform writes them so into a standard PLY, which :func:`read_ply
+<scene3d.export.ply.read_ply>` then refuses); :func:`read_compressed_ply` reads them as the logits
+of 0.5/255 and 254.5/255 (within the 0.5/255 bound of anything that encodes to them), so the model
+stays finite. splat-transform
 clamps the log-scale bounds to [-20, 20] when writing; this writer does not (it refuses NaN/Inf
 instead, and keeps finite values as they are). A zero quaternion is written as the identity.
 
@@ -59,7 +61,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 from numpy.lib.recfunctions import structured_to_unstructured
 from torch import Tensor
 
@@ -302,7 +303,9 @@ def _unpack_rotations(packed: np.ndarray) -> np.ndarray:
     q[np.arange(q.shape[0]), largest] = big
     others = np.array([[j for j in range(4) if j != i] for i in range(4)])[largest]
     np.put_along_axis(q, others, small, axis=1)
-    return q
+    # a valid file gives unit quaternions already; a corrupt one (three "smallest" with squares
+    # summing past 1) would not, and is made unit here
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
 def read_compressed_ply(path: str | Path, transform=None) -> dict[str, Tensor]:
