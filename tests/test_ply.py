@@ -605,3 +605,15 @@ def test_fuzzed_files_raise_only_data_error(tmp_path, mutations, cut, inserted):
         return
     assert all(torch.isfinite(v).all() for v in out.values())
     assert out["means"].shape[0] == out["shN"].shape[0]
+
+
+def test_infinite_opacity_logits_read_as_fully_transparent_or_opaque(tmp_path):
+    # splat-transform writes -inf/+inf opacity logits for 8-bit alphas of 0 and 255.
+    cols = _columns_of(random_model(3, 1))
+    t, v = cols["opacity"]
+    v = v.copy()
+    v[0], v[1] = np.inf, -np.inf
+    path = tmp_path / "inf.ply"
+    path.write_bytes(_ply("binary_little_endian", {**cols, "opacity": (t, v)}))
+    logits = read_ply(path)["opacities"]
+    assert logits[0] == 20 and logits[1] == -20 and torch.isfinite(logits).all()

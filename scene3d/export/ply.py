@@ -261,12 +261,21 @@ def _vertex_layout(path: Path, vertex: _Element) -> int:
     return len(rest_ids)
 
 
-def _columns(path: Path, rows: np.ndarray, names: list[str], what: str) -> np.ndarray:
-    """[N, len(names)] float32 from the named fields; refuses NaN and Inf."""
+_INF_LOGIT = 20.0
+"""What an infinite opacity logit reads as (sigmoid(20) = 1 - 2e-9): PlayCanvas splat-transform
+writes -inf and +inf for fully transparent and fully opaque Gaussians decoded from 8-bit files."""
+
+
+def _columns(path: Path, rows: np.ndarray, names: list[str], what: str, allow_inf: bool = False) -> np.ndarray:
+    """[N, len(names)] float32 from the named fields; refuses NaN and Inf (with ``allow_inf``,
+    +-Inf become +-``_INF_LOGIT``)."""
     out = np.empty((rows.shape[0], len(names)), np.float32)
     with np.errstate(over="ignore", invalid="ignore"):  # doubles beyond float32 become Inf, refused below
         for j, name in enumerate(names):
             out[:, j] = rows[name]
+    if allow_inf:
+        out[np.isposinf(out)] = _INF_LOGIT
+        out[np.isneginf(out)] = -_INF_LOGIT
     bad = int(out.size - np.count_nonzero(np.isfinite(out)))
     if bad:
         raise DataError(path, f"has {bad} non-finite (NaN or Inf) values in {what}")
@@ -289,7 +298,8 @@ def read_ply(path: str | Path, transform=None) -> dict[str, Tensor]:
 
     Raises:
         DataError: the file is missing, not a PLY, truncated, inconsistent, lacks a required
-            property, or holds NaN/Inf values.
+            property, or holds NaN/Inf values (except an infinite opacity logit, which reads as
+            +-20: fully opaque or transparent, as PlayCanvas splat-transform writes them).
     """
     path = Path(path)
     try:
@@ -315,7 +325,7 @@ def read_ply(path: str | Path, transform=None) -> dict[str, Tensor]:
         "means": _columns(path, rows, ["x", "y", "z"], "x, y, z"),
         "quats": _columns(path, rows, ["rot_0", "rot_1", "rot_2", "rot_3"], "rot_*"),
         "scales": _columns(path, rows, ["scale_0", "scale_1", "scale_2"], "scale_*"),
-        "opacities": _columns(path, rows, ["opacity"], "opacity").reshape(n),
+        "opacities": _columns(path, rows, ["opacity"], "opacity", allow_inf=True).reshape(n),
         "sh0": _columns(path, rows, ["f_dc_0", "f_dc_1", "f_dc_2"], "f_dc_*").reshape(n, 1, 3),
         "shN": np.ascontiguousarray(f_rest.reshape(n, 3, num_rest).transpose(0, 2, 1)),
     }
