@@ -26,13 +26,17 @@ def run(tmp_path_factory) -> Path:
 
 
 def test_bench_export_measures_every_format(run, tmp_path):
-    formats = ["ply"]
+    formats = ["ply", "splat", "compressed-ply", "spz"]
     r = cli("bench", "export", str(run), "-o", str(tmp_path / "b"), "--formats", *formats, "--no-reference", "--json")
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout[r.stdout.index("[") :])
     assert [row["format"] for row in rows] == formats
     by = {row["format"]: row for row in rows}
     assert abs(by["ply"]["psnr_lost"]) < 1e-3 and by["ply"]["ratio_to_ply"] == 1.0  # the PLY is lossless
+    # Quantised formats are smaller and lose a little; splat drops view-dependent colour.
+    for name in ("splat", "compressed-ply", "spz"):
+        assert by[name]["ratio_to_ply"] > 3 and by[name]["psnr_lost"] < 3, by[name]
+    assert by["spz"]["bytes"] < by["compressed-ply"]["bytes"]
     for row in rows:
         assert row["bytes"] == Path(row["file"]).stat().st_size > 0
         assert row["write_seconds"] >= 0 and row["read_seconds"] >= 0 and 5 < row["psnr"] < 60
