@@ -12,7 +12,8 @@
   An emptied cluster is re-seeded at the point worst served by its centroid.
 * Large problems (the 64k-entry SH palette of 200k+ Gaussians, where exact Lloyd evaluates N * k
   distances per iteration, over a minute each on two CPU cores): two levels. ``ceil(sqrt(k))``
-  coarse clusters; inside each, fine clusters in proportion to its size; then ``refine`` Lloyd passes
+  coarse clusters; inside each, fine clusters in proportion to its size (seeded by k-means++ where a
+  coarse cluster gets at most 32, by random points where it gets more); then ``refine`` Lloyd passes
   in which every point searches the fine centroids of its ``probe`` nearest coarse clusters. The
   cost per pass is about ``probe * N * sqrt(k)`` distances; the result is within a few percent of
   exact Lloyd's error (see tests/test_sog.py).
@@ -39,6 +40,7 @@ FLAT_LIMIT = 1 << 22
 _BLOCK_BYTES = 64 << 20
 _KMEANSPP_MAX_K = 1024
 _KMEANSPP_SAMPLES_PER_CLUSTER = 32
+_GROUP_KMEANSPP_MAX_K = 32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,20 +119,24 @@ def _randperm(n: int, gen: torch.Generator, device) -> Tensor:
 
 
 def _kmeanspp(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
-    """k-means++ seeds (fewer than ``k`` when the points have fewer distinct values)."""
-    n = x.shape[0]
-    chosen = [int(torch.randint(n, (1,), generator=gen))]
-    d2 = ((x - x[chosen[0]]) ** 2).sum(1)
+    """k-means++ seeds (fewer than ``k`` when the points have fewer distinct values).
+
+    Sequential by nature, so it runs in numpy on the CPU, where a step costs microseconds."""
+    pts = x.detach().cpu().numpy().astype(np.float64)
+    rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=gen)))
+    n = pts.shape[0]
+    chosen = [int(rng.integers(n))]
+    diff = pts - pts[chosen[0]]
+    d2 = np.einsum("ij,ij->i", diff, diff)
     for _ in range(1, k):
-        cum = torch.cumsum(d2.to(torch.float64), 0)
-        total = float(cum[-1])
-        if not total > 0.0:
+        cum = np.cumsum(d2)
+        if not cum[-1] > 0.0:
             break
-        r = float(torch.rand(1, generator=gen, dtype=torch.float64)) * total
-        i = min(int(torch.searchsorted(cum, torch.tensor([r], dtype=torch.float64, device=x.device))), n - 1)
+        i = min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), n - 1)
         chosen.append(i)
-        d2 = torch.minimum(d2, ((x - x[i]) ** 2).sum(1))
-    return x[chosen].clone()
+        diff = pts - pts[i]
+        np.minimum(d2, np.einsum("ij,ij->i", diff, diff), out=d2)
+    return x[torch.tensor(chosen, device=x.device)].clone()
 
 
 def _init(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
@@ -218,7 +224,9 @@ def _segments(keys: Tensor, k: int) -> tuple[Tensor, np.ndarray]:
     return order, bounds
 
 
-def _two_level(x: Tensor, k: int, iterations: int, gen: torch.Generator, probe: int, refine: int) -> tuple[Tensor, Tensor]:
+def _two_level(
+    x: Tensor, k: int, iterations: int, gen: torch.Generator, probe: int, refine: int
+) -> tuple[Tensor, Tensor]:
     n = x.shape[0]
     k1 = int(math.ceil(math.sqrt(k)))
     sample = x[_randperm(n, gen, x.device)[: min(n, 64 * k1)]]
@@ -236,7 +244,11 @@ def _two_level(x: Tensor, k: int, iterations: int, gen: torch.Generator, probe: 
         centroids, owner = [], []
         for g in np.flatnonzero(alloc):
             xg = x[members[bounds[g] : bounds[g + 1]]]
-            cg = xg[_randperm(xg.shape[0], gen, x.device)[: int(alloc[g])]].clone()
+            kg = int(alloc[g])
+            if kg <= _GROUP_KMEANSPP_MAX_K:  # few clusters: likely separate modes, seed them well
+                cg = _init(xg, kg, gen)
+            else:  # many: k-means++'s sequential steps would dominate the run time
+                cg = xg[_randperm(xg.shape[0], gen, x.device)[:kg]].clone()
             cg, _ = _lloyd(xg, cg, iterations, gen)
             centroids.append(cg)
             owner.append(torch.full((cg.shape[0],), int(g), dtype=torch.long, device=x.device))

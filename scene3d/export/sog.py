@@ -331,13 +331,15 @@ def write_sog(
 
 
 class _Source:
-    """The files of one SOG: members of a zip, or files beside a meta.json."""
+    """The files of one SOG: members of a zip, or files in the folder of a meta.json."""
 
     def __init__(self, path: Path):
         self.path = path
         self.zip: zipfile.ZipFile | None = None
-        self.prefix = ""
+        self.prefix = ""  # of the zip members, when meta.json sits in a folder inside the zip
         self.folder = path.parent
+        self.meta_path = path
+        self.meta_data: bytes | None = None
         if path.is_dir():
             self.folder = path
             self.meta_path = path / "meta.json"
@@ -355,14 +357,16 @@ class _Source:
                     raise DataError(path, "is a zip without meta.json, so it is not a SOG file")
                 self.prefix = nested[0][: -len("meta.json")]
         elif path.suffix.lower() == ".json":
-            self.meta_path = path
             self.meta_data = data
         else:
             raise DataError(path, "is not a SOG file: neither a zip archive (.sog) nor a meta.json")
 
     def read(self, name: str, what: str, max_bytes: int) -> bytes:
-        if not isinstance(name, str) or not name or PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts or "\\" in name:
-            raise DataError(self.path, f"meta.json names the {what} file {str(name)[:80]!r}, which is not a plain relative file name")
+        plain = isinstance(name, str) and name and "\\" not in name and "\x00" not in name
+        if not plain or PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
+            raise DataError(
+                self.path, f"meta.json names the {what} file {str(name)[:80]!r}, not a plain relative file name"
+            )
         if self.zip is not None:
             member = self.prefix + name
             try:
@@ -370,7 +374,9 @@ class _Source:
             except KeyError:
                 raise DataError(self.path, f"lacks {name}, the {what} that meta.json lists") from None
             if info.file_size > max_bytes:
-                raise DataError(self.path, f"declares {name} as {info.file_size} bytes, more than the {max_bytes} a {what} of this SOG can need")
+                raise DataError(
+                    self.path, f"declares {name} as {info.file_size} bytes, more than its {what} can need ({max_bytes})"
+                )
             try:
                 return self.zip.read(member)
             except Exception as e:  # noqa: BLE001 - damaged entry, bad CRC, unsupported compression, ...
@@ -383,7 +389,7 @@ class _Source:
     def meta(self) -> bytes:
         if self.zip is not None:
             return self.read("meta.json", "metadata", _MAX_META_BYTES)
-        if not hasattr(self, "meta_data"):
+        if self.meta_data is None:
             self.meta_data = read_bytes(self.meta_path, "a SOG meta.json", _MAX_META_BYTES)
         return self.meta_data
 
@@ -395,12 +401,16 @@ def _get(path: Path, meta: dict, key: str, kind: str):
         if not isinstance(value, dict) or part not in value:
             raise DataError(path, f"has a meta.json without the field '{key}'")
         value = value[part]
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
     ok = {
-        "int": isinstance(value, int) and not isinstance(value, bool),
+        "int": number(value) and isinstance(value, int),
         "dict": isinstance(value, dict),
         "files": isinstance(value, list) and all(isinstance(v, str) for v in value),
-        "numbers": isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value),
-        "codebook": isinstance(value, list) and all((isinstance(v, (int, float)) and not isinstance(v, bool)) or (v is None and i == 0) for i, v in enumerate(value)),
+        "numbers": isinstance(value, list) and all(number(v) for v in value),
+        # a leading null is tolerated in codebooks (see _codebook)
+        "codebook": isinstance(value, list) and all(number(v) or (v is None and i == 0) for i, v in enumerate(value)),
     }[kind]
     if not ok:
         raise DataError(path, f"has a meta.json whose field '{key}' is not {_KIND_NAMES[kind]}")
@@ -411,24 +421,36 @@ _KIND_NAMES = {"int": "an integer", "dict": "an object", "files": "a list of fil
                "numbers": "a list of numbers", "codebook": "a list of numbers"}  # fmt: skip
 
 
+def _floats(values: list) -> np.ndarray:
+    """float64 array of JSON numbers (None as NaN); integers beyond float64 become Inf."""
+    out = np.empty(len(values), np.float64)
+    for i, v in enumerate(values):
+        try:
+            out[i] = np.nan if v is None else float(v)
+        except OverflowError:
+            out[i] = np.inf
+    return out
+
+
 def _numbers(path: Path, meta: dict, key: str, length: int) -> np.ndarray:
     values = _get(path, meta, key, "numbers")
     if len(values) != length:
         raise DataError(path, f"has a meta.json whose '{key}' holds {len(values)} numbers instead of {length}")
-    out = np.array(values, np.float64)
+    out = _floats(values)
     if not np.isfinite(out).all():
         raise DataError(path, f"has a meta.json whose '{key}' holds NaN or Inf")
     return out
 
 
 def _codebook(path: Path, meta: dict, key: str) -> np.ndarray:
-    values = list(_get(path, meta, key, "codebook"))
+    values = _get(path, meta, key, "codebook")
     if len(values) != CODEBOOK_SIZE:
         raise DataError(path, f"has a meta.json whose '{key}' has {len(values)} entries instead of {CODEBOOK_SIZE}")
+    out = _floats(values)
     if values[0] is None:  # some older writers leave a leading null: extrapolate by the mean step
-        values[0] = values[1] - (values[-1] - values[1]) / (CODEBOOK_SIZE - 1)
-    with np.errstate(over="ignore"):
-        out = np.array(values, np.float64).astype(np.float32)
+        out[0] = out[1] - (out[-1] - out[1]) / (CODEBOOK_SIZE - 1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = out.astype(np.float32)
     if not np.isfinite(out).all():
         raise DataError(path, f"has a meta.json whose '{key}' holds NaN or Inf (or values beyond float32)")
     return out
@@ -441,7 +463,9 @@ def _files(path: Path, meta: dict, key: str, count: int) -> list[str]:
     return files
 
 
-def _image(src: _Source, name: str, what: str, min_pixels: int, max_pixels: int, width: int | None = None) -> np.ndarray:
+def _image(
+    src: _Source, name: str, what: str, min_pixels: int, max_pixels: int, width: int | None = None
+) -> np.ndarray:
     """The image's RGBA texels [H * W, 4] (uint8), its size checked before it is decoded."""
     data = src.read(name, what, 8 * max_pixels + (1 << 20))
     try:
@@ -552,7 +576,9 @@ def read_sog(path: str | Path, transform=None) -> dict[str, Tensor]:
     shN = np.zeros((n, num_rest, 3), np.float32)
     if bands:
         rows = math.ceil(palette / 64)
-        cents = _image(src, shn_files[0], "SH palette image", 64 * num_rest * rows, 64 * num_rest * (MAX_PALETTE // 64), 64 * num_rest)
+        row_texels = 64 * num_rest
+        max_texels = row_texels * (MAX_PALETTE // 64)
+        cents = _image(src, shn_files[0], "SH palette image", row_texels * rows, max_texels, row_texels)
         cents = cents.reshape(-1, 64, num_rest, 4)[..., :3].reshape(-1, num_rest, 3)  # [rows * 64, K-1, 3]
         lab = texels(shn_files[1], "SH label image").astype(np.int64)
         labels = lab[:, 0] | (lab[:, 1] << 8)
