@@ -44,6 +44,10 @@ self-organising sort). Bounds a write/read round trip keeps (tests/test_sog.py a
   nearest entry of a 256-level codebook fitted to the centroids' coefficients. The palette has
   ``1024 min(64, 2^floor(log2(N / 1024)))`` entries at most, as splat-transform chooses.
 
+splat-transform's own writer truncates where this one rounds (one whole step of error instead of
+half of one for positions, rotations and opacity), and its WebP encoder drops the colour of
+Gaussians whose opacity byte is 0 (they read back with sh0 codebook entry 0; they are invisible).
+
 Every problem with a file being read raises :class:`~scene3d.errors.DataError` naming the file.
 """
 
@@ -186,7 +190,7 @@ def _rgba(rgb: np.ndarray, alpha) -> np.ndarray:
 def _webp(image: np.ndarray, method: int) -> bytes:
     buf = io.BytesIO()
     # exact=True keeps the RGB of transparent texels, which lossless WebP otherwise may discard
-    Image.fromarray(image, "RGBA").save(buf, "WEBP", lossless=True, exact=True, quality=100, method=method)
+    Image.fromarray(image, "RGBA").save(buf, "WEBP", lossless=True, exact=True, quality=70, method=method)
     return buf.getvalue()
 
 
