@@ -256,13 +256,15 @@ def _two_level(
             centroids.append(cg)
             owner.append(torch.full((cg.shape[0],), int(g), dtype=torch.long, device=x.device))
         c = torch.cat(centroids)
-        kk = c.shape[0]
+        owner = torch.cat(owner)
 
-        # refinement: every point searches the fine centroids of its `probe` nearest coarse clusters
-        owned, owned_bounds = _segments(torch.cat(owner), k1)
+        # refinement: every point searches the fine centroids of its `probe` nearest coarse clusters;
+        # clusters left empty (and any the groups could not fill) are re-seeded at the worst-served
+        # points between passes
         pair_point = torch.arange(n, device=x.device).repeat_interleave(probe)
         pairs, pair_bounds = _segments(near.flatten(), k1)
-        for _ in range(refine + 1):
+        for step in range(refine + 1):
+            owned, owned_bounds = _segments(owner, k1)
             best = torch.full((n,), math.inf, dtype=x.dtype, device=x.device)
             labels = torch.zeros(n, dtype=torch.long, device=x.device)
             for g in range(k1):
@@ -274,8 +276,18 @@ def _two_level(
                 better = d < best[pts]
                 best[pts] = torch.where(better, d, best[pts])
                 labels[pts] = torch.where(better, cids[i], labels[pts])
-            means, counts = _means(x, labels, kk)
+            means, counts = _means(x, labels, c.shape[0])
             c = torch.where((counts > 0).unsqueeze(1), means.to(torch.float32), c)
+            empty = torch.nonzero(counts == 0).flatten()
+            free = int(empty.numel()) + k - c.shape[0]
+            if step < refine and free > 0:
+                far = torch.topk(best, min(free, n)).indices
+                far = far[best[far] > 0]
+                e = min(int(far.numel()), int(empty.numel()))
+                c[empty[:e]] = x[far[:e]]
+                owner[empty[:e]] = group[far[:e]]
+                c = torch.cat([c, x[far[e:]]])
+                owner = torch.cat([owner, group[far[e:]]])
     return _compact(means, labels, counts)
 
 
