@@ -26,7 +26,7 @@ def run(tmp_path_factory) -> Path:
 
 
 def test_bench_export_measures_every_format(run, tmp_path):
-    formats = ["ply", "splat", "compressed-ply", "spz"]
+    formats = ["ply", "splat", "compressed-ply", "spz", "sog"]
     r = cli("bench", "export", str(run), "-o", str(tmp_path / "b"), "--formats", *formats, "--no-reference", "--json")
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout[r.stdout.index("[") :])
@@ -34,7 +34,7 @@ def test_bench_export_measures_every_format(run, tmp_path):
     by = {row["format"]: row for row in rows}
     assert abs(by["ply"]["psnr_lost"]) < 1e-3 and by["ply"]["ratio_to_ply"] == 1.0  # the PLY is lossless
     # Quantised formats are smaller and lose a little; splat drops view-dependent colour.
-    for name in ("splat", "compressed-ply", "spz"):
+    for name in ("splat", "compressed-ply", "spz", "sog"):
         assert by[name]["ratio_to_ply"] > 3 and by[name]["psnr_lost"] < 3, by[name]
     assert by["spz"]["bytes"] < by["compressed-ply"]["bytes"]
     for row in rows:
