@@ -1,0 +1,1 @@
+"""Compression of trained Gaussian models (attribute grids that compress well as images)."""
