@@ -69,6 +69,26 @@ def test_neighbour_distance_of_known_grids():
     assert grid_neighbour_distance(ramp, valid) == pytest.approx(4 * 3 / (4 * 3 + 3 * 4))
 
 
+def test_box_mean_target_matches_brute_force():
+    from scene3d.compress.plas import _box_mean
+
+    g = torch.Generator().manual_seed(0)
+    grid = torch.randn(9, 13, 2, generator=g, dtype=torch.float64)
+    valid = torch.ones(9, 13, dtype=torch.bool)
+    valid[-1, 5:] = False
+    for mask in (None, valid):
+        x = grid if mask is None else grid * mask[..., None]
+        v = torch.ones(9, 13, dtype=torch.bool) if mask is None else mask
+        for ry, rx in [(1, 2), (3, 3), (4, 6), (20, 20), (0, 5)]:
+            want = torch.zeros_like(x)
+            for i in range(9):
+                for j in range(13):
+                    win = (slice(max(i - ry, 0), i + ry + 1), slice(max(j - rx, 0), j + rx + 1))
+                    want[i, j] = (x[win] * v[win][..., None]).sum((0, 1)) / v[win].sum()
+            got = _box_mean(x, mask, ry, rx)
+            assert torch.allclose(got[v], want[v], atol=1e-12), (mask is None, ry, rx)
+
+
 # ---------------------------------------------------------------------------------------- sorting
 def test_sort_recovers_a_smooth_field():
     field = colour_field(64, 64)
