@@ -3,8 +3,9 @@
 The model: ``--n`` Gaussians on a bumpy closed surface, with colours, scales, rotations and
 opacities that vary smoothly over the surface plus noise (roughly what a trained scene looks like:
 neighbouring Gaussians are alike, but the list order is arbitrary). Prints the sort time, the mean
-neighbour distance of the feature grid before (random layout) and after, and the lossless PNG size
-of every attribute image quantised to 8 bits.
+neighbour distance of the feature grid before (random layout) and after, and the lossless PNG and
+WebP size of every attribute image quantised to 8 bits (WebP lossless is what SOG uses), and the
+same for the Morton order of the positions (the usual layout without PLAS).
 
     python benchmarks/bench_plas.py                   # 200k Gaussians
     python benchmarks/bench_plas.py --n 50000 --improvement-break 1e-3
@@ -53,15 +54,34 @@ def structured_model(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
             "shN": torch.zeros(n, 15, 3)}
 
 
-def png_bytes(img: np.ndarray) -> int:
-    """Lossless PNG size of ``img`` [H, W, C] (C <= 4) after per-channel min/max quantisation to 8 bits."""
+def morton_order(means: torch.Tensor) -> torch.Tensor:
+    """Indices sorting ``means`` by their 3D Morton code (10 bits per axis): the layout SOG
+    writers use without PLAS, for comparison."""
+    lo, hi = means.min(0).values, means.max(0).values
+    q = ((means - lo) / (hi - lo).clamp_min(1e-12) * 1023).round().long()
+    code = torch.zeros(len(means), dtype=torch.long)
+    for bit in range(10):
+        for axis in range(3):
+            code |= ((q[:, axis] >> bit) & 1) << (3 * bit + axis)
+    return code.argsort()
+
+
+def image_bytes(img: np.ndarray, fmt: str = "PNG") -> int:
+    """Lossless ``fmt`` (PNG or WEBP) size of ``img`` [H, W, C] (C <= 4) after per-channel min/max
+    quantisation to 8 bits."""
     from PIL import Image
 
     lo, hi = img.reshape(-1, img.shape[-1]).min(0), img.reshape(-1, img.shape[-1]).max(0)
     q = np.round((img - lo) / np.maximum(hi - lo, 1e-12) * 255).astype(np.uint8)
-    mode = {1: "L", 3: "RGB", 4: "RGBA"}[q.shape[-1]]
     buf = io.BytesIO()
-    Image.fromarray(q[..., 0] if q.shape[-1] == 1 else q, mode).save(buf, format="PNG", optimize=False, compress_level=9)
+    if fmt == "PNG":
+        mode = {1: "L", 3: "RGB", 4: "RGBA"}[q.shape[-1]]
+        Image.fromarray(q[..., 0] if q.shape[-1] == 1 else q, mode).save(buf, format="PNG", compress_level=9)
+    else:
+        if q.shape[-1] == 1:
+            q = np.repeat(q, 3, axis=-1)  # WebP has no grey mode
+        mode = {3: "RGB", 4: "RGBA"}[q.shape[-1]]
+        Image.fromarray(q, mode).save(buf, format="WEBP", lossless=True, quality=100, method=4, exact=True)
     return buf.tell()
 
 
@@ -100,17 +120,19 @@ def main() -> None:
     t = time.perf_counter()
     order = sort_into_grid(feats, shape=shape, seed=args.seed, verbose=args.verbose, **kw)
     dt = time.perf_counter() - t
-    before = grid_neighbour_distance(*to_grid(feats, start, shape))
-    after = grid_neighbour_distance(*to_grid(feats, order, shape))
+    morton = start.clone()
+    morton[: args.n] = morton_order(params["means"])
+    layouts = {"input order": start, "Morton order": morton, "PLAS": order}
     print(f"{args.n} Gaussians x {feats.shape[1]} features -> {shape[0]}x{shape[1]} grid, torch threads {torch.get_num_threads()}")
-    print(f"sort time {dt:.1f} s; neighbour distance {before:.3f} -> {after:.3f} ({before / after:.1f}x lower)")
-    img0, img1 = attribute_images(params, start, shape), attribute_images(params, order, shape)
-    tot0 = tot1 = 0
-    for k in img0:
-        b0, b1 = png_bytes(img0[k]), png_bytes(img1[k])
-        tot0, tot1 = tot0 + b0, tot1 + b1
-        print(f"  {k:10s} PNG {b0 / 1024:8.0f} KiB -> {b1 / 1024:8.0f} KiB ({b1 / b0:.2f})")
-    print(f"  {'total':10s} PNG {tot0 / 1024:8.0f} KiB -> {tot1 / 1024:8.0f} KiB ({tot1 / tot0:.2f})")
+    print(f"PLAS sort time {dt:.1f} s")
+    for name, o in layouts.items():
+        nd = grid_neighbour_distance(*to_grid(feats, o, shape))
+        imgs = attribute_images(params, o, shape)
+        print(f"  {name:12s} neighbour distance {nd:6.3f}")
+        for fmt in ("PNG", "WEBP"):
+            sizes = {k: image_bytes(v, fmt) for k, v in imgs.items()}
+            per = ", ".join(f"{k} {b / 1024:.0f}" for k, b in sizes.items())
+            print(f"      {fmt:4s} KiB total {sum(sizes.values()) / 1024:6.0f} ({per})")
 
 
 if __name__ == "__main__":

@@ -107,8 +107,10 @@ def test_sort_recovers_a_smooth_field():
 
 def test_sort_is_deterministic_for_a_seed():
     values = shuffled(colour_field(16, 16).reshape(-1, 3))
+    threads = torch.get_num_threads()
     a = sort_into_grid(values, shape=(16, 16), seed=3)
-    b = sort_into_grid(values, shape=(16, 16), seed=3)
+    assert torch.get_num_threads() == threads, "the sort restores torch's thread count"
+    b = sort_into_grid(values, shape=(16, 16), seed=3, num_threads=None)
     c = sort_into_grid(values, shape=(16, 16), seed=4)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
@@ -133,12 +135,21 @@ def test_sort_rejects_a_small_grid():
         sort_into_grid(torch.zeros(10, 2), shape=(3, 3))
 
 
-def test_sort_effort_knobs():
+def test_sort_effort_knobs(capsys):
     values = shuffled(colour_field(32, 32).reshape(-1, 3))
     before = grid_neighbour_distance(values.reshape(32, 32, 3))
-    quick = sort_into_grid(values, shape=(32, 32), max_rounds=60)
-    check_order(quick, 1024, (32, 32))
+    full = sort_into_grid(values, shape=(32, 32), verbose=True)
+    full_rounds = int(capsys.readouterr().out.strip().splitlines()[-1].split("(")[1].split()[0])
+    for cap in (1, 60):
+        quick = sort_into_grid(values, shape=(32, 32), max_rounds=cap, verbose=True)
+        rounds = int(capsys.readouterr().out.strip().splitlines()[-1].split("(")[1].split()[0])
+        assert rounds <= cap < full_rounds
+        check_order(quick, 1024, (32, 32))
     assert grid_neighbour_distance(to_grid(values, quick, (32, 32))[0]) < before / 3
+    assert grid_neighbour_distance(to_grid(values, full, (32, 32))[0]) < grid_neighbour_distance(
+        to_grid(values, quick, (32, 32))[0])
+    with pytest.raises(ValueError):
+        sort_into_grid(values, max_rounds=0)
 
 
 @pytest.mark.cuda
