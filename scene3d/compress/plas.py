@@ -137,8 +137,10 @@ def _standardise(x: Tensor, mask: Tensor | None = None) -> Tensor:
     if xs.shape[0] == 0:
         return x
     mean = xs.mean(0)
-    std = (xs - mean).pow(2).mean().sqrt()
-    return (x - mean) / std if float(std) > 0 else x - mean
+    std = float((xs - mean).pow(2).mean().sqrt())
+    if std <= 1e-7 * max(1.0, float(mean.abs().max())):  # constant (up to rounding): just centred
+        return x - mean
+    return (x - mean) / std
 
 
 def sog_features(params, weights: Mapping[str, float] | None = None) -> Tensor:
@@ -452,25 +454,28 @@ def grid_smoothness_loss(
     if loss not in ("huber", "mse"):
         raise ValueError(f"grid_smoothness_loss: loss must be 'huber' or 'mse', got {loss!r}")
     attrs = _attributes(params, names)
-    order = torch.as_tensor(order).reshape(-1).long()
+    dev = attrs[names[0]].device
+    order = torch.as_tensor(order).reshape(-1).long().to(dev)
     h, w = int(shape[0]), int(shape[1])
+    in_grid = torch.zeros(attrs[names[0]].shape[0], dtype=torch.bool, device=dev)
+    in_grid[order[order >= 0]] = True
+    if bool(in_grid.all()):
+        in_grid = None
+    # all attributes as one stack of channels, each channel weighted so that every attribute's
+    # term is the mean over its channels and the grid's cells
     total_w = sum(float(weights[k]) for k in names)
-    out = None
+    chans, chan_w = [], []
     for k in names:
-        a = attrs[k].float()
-        order_k = order.to(a.device)
-        valid_rows = torch.zeros(a.shape[0], dtype=torch.bool, device=a.device)
-        valid_rows[order_k[order_k >= 0]] = True
-        a = _standardise(a, valid_rows)
-        grid, valid = to_grid(a, order_k, (h, w))
-        img = grid.permute(2, 0, 1)  # [C, H, W]
-        mask = valid.to(img.dtype)
-        blurred = _masked_blur(img.detach() if detach_target else img, mask, sigma, kernel_size)
-        if loss == "huber":
-            per = F.huber_loss(img, blurred, reduction="none")
-        else:
-            per = (img - blurred).pow(2)
-        term = (per * mask).sum() / (mask.sum() * img.shape[0]).clamp_min(1)
-        term = term * (float(weights[k]) / total_w)
-        out = term if out is None else out + term
-    return out
+        a = _standardise(attrs[k].float(), in_grid)
+        chans.append(a)
+        chan_w += [float(weights[k]) / total_w / a.shape[1]] * a.shape[1]
+    grid, valid = to_grid(torch.cat(chans, 1), order, (h, w))
+    img = grid.permute(2, 0, 1)  # [C, H, W], zero at empty cells
+    mask = valid.to(img.dtype)
+    blurred = _masked_blur(img.detach() if detach_target else img, mask, sigma, kernel_size)
+    if loss == "huber":
+        per = F.huber_loss(img, blurred, reduction="none")
+    else:
+        per = (img - blurred).pow(2)
+    per_chan = (per * mask).sum((1, 2)) / mask.sum().clamp_min(1)
+    return (per_chan * torch.tensor(chan_w, device=dev, dtype=per_chan.dtype)).sum()
