@@ -97,10 +97,10 @@ def grid_neighbour_distance(grid, valid=None) -> float:
 
 # ---------------------------------------------------------------------------------------- features
 def _param_dict(params) -> Mapping[str, Tensor]:
-    if isinstance(params, Mapping):
+    if isinstance(params, (Mapping, torch.nn.ParameterDict)):
         return params
     inner = getattr(params, "params", None)
-    if isinstance(inner, Mapping):
+    if isinstance(inner, (Mapping, torch.nn.ParameterDict)):
         return inner
     raise TypeError("expected a dict of Gaussian parameters (or a model with .params)")
 

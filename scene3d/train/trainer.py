@@ -93,6 +93,13 @@ class Trainer:
         self.elapsed = 0.0
         self._images: dict[int, torch.Tensor] = {}
         self.last_eval: dict | None = None
+        self.grid = None
+        if getattr(cfg, "compress_grid", False):
+            if getattr(model, "name", None) != "3dgs":
+                raise Scene3dError(f"--compress-grid sorts Gaussians; the {getattr(model, 'name', '?')} model has none")
+            from scene3d.compress.grid_training import GridSmoothing
+
+            self.grid = GridSmoothing.from_config(cfg, strategy)
 
     # ------------------------------------------------------------------ data
     def target(self, i: int, bg: torch.Tensor | None) -> torch.Tensor:
@@ -127,6 +134,7 @@ class Trainer:
                 "elapsed": self.elapsed,
                 "model": self.model.state(),
                 "strategy": self.strategy.state_dict(),
+                **({"grid": self.grid.state_dict()} if self.grid is not None else {}),
                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
                 "spec": dataclasses.asdict(self.spec),
                 "dataset": {"transform": self.ds.transform, "downscale": self.ds.downscale},
@@ -137,6 +145,8 @@ class Trainer:
     def restore(self, state: dict) -> None:
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
         self.strategy.load_state_dict(state["strategy"])
+        if self.grid is not None and "grid" in state:
+            self.grid.load_state_dict(state["grid"])
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
@@ -161,6 +171,10 @@ class Trainer:
         extra = self.strategy.extra_loss(ctx)
         if extra is not None:
             loss = loss + extra
+        if self.grid is not None:
+            grid_loss = self.grid.loss(self.model.params, step)
+            if grid_loss is not None:
+                loss = loss + grid_loss
         if not torch.isfinite(loss):
             raise TrainingDiverged(
                 f"the loss became {loss.item()} at step {step}; training stopped and the last good checkpoint "
