@@ -116,6 +116,8 @@ def export(
     output: Annotated[Path, tyro.conf.arg(aliases=("-o",))],
     format: Literal["ply", "splat", "compressed-ply", "spz", "sog"] | None = None,
     sog_sh_iterations: int = 10,
+    sog_sh_palette: int | None = None,
+    sog_layout: Literal["morton", "plas"] = "morton",
 ) -> None:
     """Writes a trained run (in the input data's coordinate frame) or converts a scene file to a
     format other tools open: ply, splat, compressed-ply, spz, sog (default: from OUTPUT's name).
@@ -125,6 +127,8 @@ def export(
         output: the file to write (.ply, .splat, .compressed.ply, .spz, .sog).
         format: the format (default: the one OUTPUT's name says).
         sog_sh_iterations: k-means iterations for sog's higher-SH palette.
+        sog_sh_palette: most entries of sog's higher-SH palette (default 8192; 0: splat-transform's rule, up to 65536).
+        sog_layout: sog's grid layout: morton (Z-order of positions) or plas (self-organising sort).
     """
     from scene3d.train.commands import export_command
 
@@ -133,7 +137,7 @@ def export(
         from scene3d.export.formats import format_of_path
 
         fmt = format_of_path(output).name
-    options = {"sh_iterations": sog_sh_iterations} if fmt == "sog" else {}
+    options = {"sh_iterations": sog_sh_iterations, "sh_palette": sog_sh_palette, "layout": sog_layout} if fmt == "sog" else {}
     export_command(target, output, fmt, **options)
 
 
@@ -210,6 +214,8 @@ def bench_export(
     formats: tuple[Literal["ply", "splat", "compressed-ply", "spz", "sog"], ...] = ("ply", "splat", "compressed-ply", "spz", "sog"),
     reference: bool = True,
     sog_sh_iterations: int = 10,
+    sog_sh_palette: int | None = None,
+    sog_layout: Literal["morton", "plas"] = "morton",
     device: str = "auto",
     json_out: Annotated[bool, tyro.conf.arg(name="json")] = False,
 ) -> None:
@@ -222,12 +228,15 @@ def bench_export(
         formats: the formats to measure.
         reference: also measure the SOG that PlayCanvas splat-transform makes from our PLY (when installed).
         sog_sh_iterations: k-means iterations for the higher-SH palette (ours and splat-transform's).
+        sog_sh_palette: most entries of our sog's higher-SH palette (default 8192; 0: splat-transform's rule).
+        sog_layout: our sog's grid layout: morton or plas.
         device: auto, cpu or cuda.
         json_out: print JSON records instead of a table.
     """
     from scene3d.bench.export import print_table, run_bench
 
-    rows = run_bench(run, output, formats, reference, sog_sh_iterations, device)
+    sog_options = {"sh_iterations": sog_sh_iterations, "sh_palette": sog_sh_palette, "layout": sog_layout}
+    rows = run_bench(run, output, formats, reference, sog_options, device)
     if json_out:
         print(json.dumps(rows, indent=2))
     else:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from scene3d.export import read_ply
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SCENE = REPO / "data" / "default_scene"
 
@@ -54,5 +56,11 @@ def test_export_converts_files_and_refuses_bad_targets(run, tmp_path):
     assert again.read_bytes() == ply.read_bytes()  # file -> file keeps the frame and every value
     bad = cli("export", str(run), "-o", str(tmp_path / "x.obj"))
     assert bad.returncode == 2 and "x.obj" in bad.stderr
+    plas = tmp_path / "grid.sog"
+    r = cli("export", str(run), "-o", str(plas), "--sog-layout", "plas", "--sog-sh-palette", "0")
+    assert r.returncode == 0, r.stderr
+    from scene3d.export.sog import read_sog
+
+    assert read_sog(plas)["means"].shape == read_ply(ply)["means"].shape
     missing = cli("export", str(tmp_path / "nope.ply"), "-o", str(tmp_path / "y.ply"))
     assert missing.returncode == 2 and "nope.ply" in missing.stderr and "does not exist" in missing.stderr
