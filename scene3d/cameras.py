@@ -331,23 +331,42 @@ def undistort(xy_d: Tensor, model: Tensor, dist: Tensor, iterations: int = 20) -
     return dirs[..., :2] / dirs[..., 2:3]
 
 
+def _radtan_residual(x: Tensor, y: Tensor, xd: Tensor, yd: Tensor, k1, k2, p1, p2) -> tuple[Tensor, Tensor, Tensor]:
+    r2 = x * x + y * y
+    radial = 1 + r2 * (k1 + r2 * k2)
+    fx = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x) - xd
+    fy = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y - yd
+    return fx, fy, radial
+
+
 def _undistort_radtan(xd: Tensor, yd: Tensor, dist: Tensor, iterations: int) -> tuple[Tensor, Tensor]:
+    """Newton's method with step halving: a step is shortened until the residual shrinks, so
+    strong barrel distortion (where the polynomial folds back) cannot throw the iterate onto the
+    far branch on the other side of the centre."""
     k1, k2, p1, p2 = dist.unbind(-1)
     x, y = xd.clone(), yd.clone()
     for _ in range(iterations):
+        fx, fy, radial = _radtan_residual(x, y, xd, yd, k1, k2, p1, p2)
         r2 = x * x + y * y
-        radial = 1 + r2 * (k1 + r2 * k2)
         d_radial = k1 + 2 * k2 * r2  # d radial / d r2
-        fx = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x) - xd
-        fy = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y - yd
         fx_x = radial + 2 * x * x * d_radial + 2 * p1 * y + 6 * p2 * x
         fx_y = 2 * x * y * d_radial + 2 * p1 * x + 2 * p2 * y
         fy_x = 2 * x * y * d_radial + 2 * p1 * x + 2 * p2 * y
         fy_y = radial + 2 * y * y * d_radial + 6 * p1 * y + 2 * p2 * x
         det = fx_x * fy_y - fx_y * fy_x
         det = torch.where(det.abs() < 1e-12, torch.full_like(det, 1e-12), det)
-        x = x - (fx * fy_y - fy * fx_y) / det
-        y = y - (fy * fx_x - fx * fy_x) / det
+        dx = (fx * fy_y - fy * fx_y) / det
+        dy = (fy * fx_x - fx * fy_x) / det
+        err = fx * fx + fy * fy
+        step = torch.ones_like(x)
+        for _ in range(8):
+            gx, gy, _ = _radtan_residual(x - step * dx, y - step * dy, xd, yd, k1, k2, p1, p2)
+            worse = gx * gx + gy * gy > err
+            if not bool(worse.any()):
+                break
+            step = torch.where(worse, step * 0.5, step)
+        x = x - step * dx
+        y = y - step * dy
     return x, y
 
 
