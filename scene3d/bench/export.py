@@ -143,7 +143,7 @@ def print_table(rows: list[dict], run: Path) -> None:
     base = rows[0]["model_psnr"] if rows else float("nan")
     table = Table(title=f"scene files of {run} (uncompressed model: {base:.2f} dB)")
     for col in ("format", "size MB", "ply / size", "write s", "read s", "PSNR", "lost dB", "SSIM"):
-        table.add_column(col, justify="left" if col == "format" else "right")
+        table.add_column(col, justify="left" if col == "format" else "right", no_wrap=col == "format")
     for r in rows:
         table.add_row(
             r["format"], f"{r['bytes'] / 1e6:.2f}", f"{r['ratio_to_ply']:.1f}x", f"{r['write_seconds']:.2f}", f"{r['read_seconds']:.2f}",
