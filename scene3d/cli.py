@@ -117,7 +117,7 @@ def export(
     format: Literal["ply", "splat", "compressed-ply", "spz", "sog"] | None = None,
     sog_sh_iterations: int = 10,
     sog_sh_palette: int | None = None,
-    sog_layout: Literal["morton", "plas"] = "morton",
+    sog_layout: Literal["auto", "morton", "plas"] = "auto",
 ) -> None:
     """Writes a trained run (in the input data's coordinate frame) or converts a scene file to a
     format other tools open: ply, splat, compressed-ply, spz, sog (default: from OUTPUT's name).
@@ -128,7 +128,7 @@ def export(
         format: the format (default: the one OUTPUT's name says).
         sog_sh_iterations: k-means iterations for sog's higher-SH palette.
         sog_sh_palette: most entries of sog's higher-SH palette (default 8192; 0: splat-transform's rule, up to 65536).
-        sog_layout: sog's grid layout: morton (Z-order of positions) or plas (self-organising sort).
+        sog_layout: sog's grid layout: morton (Z-order of positions), plas (self-organising sort), or auto: plas for runs trained with --compress-grid, morton otherwise.
     """
     from scene3d.train.commands import export_command
 
@@ -215,7 +215,7 @@ def bench_export(
     reference: bool = True,
     sog_sh_iterations: int = 10,
     sog_sh_palette: int | None = None,
-    sog_layout: Literal["morton", "plas"] = "morton",
+    sog_layout: Literal["auto", "morton", "plas"] = "auto",
     device: str = "auto",
     json_out: Annotated[bool, tyro.conf.arg(name="json")] = False,
 ) -> None:
@@ -229,7 +229,7 @@ def bench_export(
         reference: also measure the SOG that PlayCanvas splat-transform makes from our PLY (when installed).
         sog_sh_iterations: k-means iterations for the higher-SH palette (ours and splat-transform's).
         sog_sh_palette: most entries of our sog's higher-SH palette (default 8192; 0: splat-transform's rule).
-        sog_layout: our sog's grid layout: morton or plas.
+        sog_layout: our sog's grid layout: morton, plas, or auto (plas for runs trained with --compress-grid).
         device: auto, cpu or cuda.
         json_out: print JSON records instead of a table.
     """

@@ -43,6 +43,7 @@ def test_bench_export_measures_every_format(run, tmp_path):
         assert row["bytes"] == Path(row["file"]).stat().st_size > 0
         assert row["write_seconds"] >= 0 and row["read_seconds"] >= 0 and 5 < row["psnr"] < 60
     saved = json.loads((tmp_path / "b" / "bench_export.json").read_text())
+    assert saved["sog_options"]["layout"] == "morton"  # auto: the run was not trained with --compress-grid
     assert saved["rows"] == rows and saved["model"]["psnr"] == pytest.approx(rows[0]["model_psnr"])
     assert (tmp_path / "b" / "bench_export.png").stat().st_size > 10_000
 

@@ -49,6 +49,11 @@ def test_grid_loss_makes_the_sorted_grid_smoother_and_resumes(scene, tmp_path):
     assert smoothness(smooth) < 0.9 * smoothness(plain), (smoothness(smooth), smoothness(plain))
     assert smooth.last_eval["psnr"] > plain.last_eval["psnr"] - 3.0  # the smoothing does not wreck the fit
 
+    # Exports of a grid-trained run lay the SOG out with the same kind of sort.
+    from scene3d.train.commands import sog_layout_for
+
+    assert sog_layout_for(tmp_path / "smooth") == "plas" and sog_layout_for(tmp_path / "nothing") == "morton"
+
     # The grid travels with the checkpoint: a resumed run keeps the layout instead of re-sorting.
     smooth.save()
     resumed = quick(scene, tmp_path / "smooth", 160, grid_weight=1.0, resume=True, **common)

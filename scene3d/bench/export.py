@@ -34,6 +34,10 @@ def run_bench(run: Path, output: Path | None = None, formats: tuple[str, ...] = 
 
     console = Console(stderr=True)
     sog_options = {"sh_iterations": 10, **(sog_options or {})}
+    if sog_options.get("layout", "auto") == "auto":
+        from scene3d.train.commands import sog_layout_for
+
+        sog_options["layout"] = sog_layout_for(run)
     run = Path(run)
     formats = tuple(formats)
     for name in formats:

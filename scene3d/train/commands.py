@@ -109,6 +109,18 @@ def run_params_in_input_frame(run: Path) -> tuple[dict, np.ndarray]:
     return params, to_input
 
 
+def sog_layout_for(target: Path) -> str:
+    """The SOG grid layout that compresses a target best: ``plas`` for a run trained with
+    ``--compress-grid`` (its attributes were smoothed along that sort), ``morton`` otherwise (on
+    models trained without it, Z-order of the positions gave slightly smaller files than PLAS)."""
+    from scene3d.train.trainer import RunSpec
+
+    target = Path(target)
+    if target.is_dir() and (target / "config.yaml").is_file():
+        return "plas" if RunSpec.from_yaml(target / "config.yaml").train_cfg.get("compress_grid") else "morton"
+    return "morton"
+
+
 def export_command(target: Path, output: Path, format: str | None = None, **options) -> Path:
     """Writes a run (in the input data's frame) or converts a scene file, as ``format`` (default:
     what ``output``'s name says)."""
@@ -122,6 +134,8 @@ def export_command(target: Path, output: Path, format: str | None = None, **opti
         params, to_input = run_params_in_input_frame(target)
     else:
         params, to_input = read_scene(target), None
+    if options.get("layout") == "auto":
+        options = {**options, "layout": sog_layout_for(target)}
     fmt.write(output, params, transform=to_input, **options)
     n = params["means"].shape[0]
     Console().print(f"wrote {n:,} Gaussians to {output} as {fmt.name} ({output.stat().st_size / 1e6:.2f} MB, input coordinate frame)")
