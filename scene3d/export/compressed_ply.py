@@ -65,7 +65,7 @@ from numpy.lib.recfunctions import structured_to_unstructured
 from torch import Tensor
 
 from scene3d.errors import DataError
-from scene3d.export.fileio import atomic_write, check_finite, model_arrays, to_tensors
+from scene3d.export.fileio import atomic_write, export_arrays, to_tensors
 from scene3d.export.ply import _FORMATS, _MAX_HEADER_BYTES, _Element, _parse_header
 from scene3d.export.sh_rotation import sh_degree_from_rest
 from scene3d.export.transform import transform_gaussians
@@ -186,11 +186,7 @@ def write_compressed_ply(path: str | Path, params: dict[str, Tensor], transform=
         ValueError: a tensor has the wrong shape, or a value is NaN or Inf (the message names it).
     """
     path = Path(path)
-    arrays = model_arrays(params)
-    check_finite(arrays, "in the model", "the compressed PLY")
-    if transform is not None:
-        arrays = model_arrays(transform_gaussians(params, transform))
-        check_finite(arrays, "after applying the export transform", "the compressed PLY")
+    arrays = export_arrays(params, transform, "the compressed PLY")
     n, num_rest = arrays["means"].shape[0], arrays["shN"].shape[1]
     sh_degree_from_rest(num_rest)
 

@@ -58,6 +58,20 @@ def check_finite(arrays: dict[str, np.ndarray], where: str, what: str = "the fil
             raise ValueError(f"{key} has {bad} non-finite (NaN or Inf) values {where}; refusing to write {what}")
 
 
+def export_arrays(params: dict[str, Tensor], transform, what: str) -> dict[str, np.ndarray]:
+    """What every writer starts from: the model's arrays (:func:`model_arrays`), with ``transform``
+    applied when given (:func:`~scene3d.export.transform.transform_gaussians`), refusing NaN and
+    Inf before and after the transform; ``what`` names the file in the messages ("the PLY")."""
+    from scene3d.export.transform import transform_gaussians
+
+    arrays = model_arrays(params)
+    check_finite(arrays, "in the model", what)
+    if transform is not None:
+        arrays = model_arrays(transform_gaussians(params, transform))
+        check_finite(arrays, "after applying the export transform", what)
+    return arrays
+
+
 def to_tensors(arrays: dict[str, np.ndarray]) -> dict[str, Tensor]:
     """float32 tensors from a reader's arrays (contiguous copies)."""
     return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in arrays.items()}

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from scene3d.errors import DataError
-from scene3d.export.fileio import atomic_write, check_finite, model_arrays
+from scene3d.export.fileio import atomic_write, export_arrays
 from scene3d.export.sh_rotation import sh_degree_from_rest
 from scene3d.export.transform import transform_gaussians
 
@@ -78,11 +78,7 @@ def write_ply(path: str | Path, params: dict[str, Tensor], transform=None) -> Pa
         ValueError: a tensor has the wrong shape, or a value is NaN or Inf (the message names it).
     """
     path = Path(path)
-    arrays = model_arrays(params)
-    check_finite(arrays, "in the model", "the PLY")
-    if transform is not None:
-        arrays = model_arrays(transform_gaussians(params, transform))
-        check_finite(arrays, "after applying the export transform", "the PLY")
+    arrays = export_arrays(params, transform, "the PLY")
     n, num_rest = arrays["means"].shape[0], arrays["shN"].shape[1]
     names = ply_property_names(sh_degree_from_rest(num_rest))
 

@@ -67,7 +67,7 @@ from torch import Tensor
 import scene3d
 from scene3d.compress import fit_codebook, kmeans, quantize_to_codebook
 from scene3d.errors import DataError
-from scene3d.export.fileio import atomic_write, check_finite, model_arrays, read_bytes, to_tensors
+from scene3d.export.fileio import atomic_write, export_arrays, read_bytes, to_tensors
 from scene3d.export.sh_rotation import sh_degree_from_rest
 from scene3d.export.transform import transform_gaussians
 
@@ -321,11 +321,7 @@ def write_sog(
             model is empty, or ``order`` is not a permutation.
     """
     path = Path(path)
-    arrays = model_arrays(params)
-    check_finite(arrays, "in the model", "the SOG")
-    if transform is not None:
-        arrays = model_arrays(transform_gaussians(params, transform))
-        check_finite(arrays, "after applying the export transform", "the SOG")
+    arrays = export_arrays(params, transform, "the SOG")
     n = arrays["means"].shape[0]
     if n == 0:
         raise ValueError("the model has no Gaussians; a SOG needs at least one")

@@ -43,7 +43,7 @@ import numpy as np
 from torch import Tensor
 
 from scene3d.errors import DataError
-from scene3d.export.fileio import atomic_write, check_finite, model_arrays, read_bytes, to_tensors
+from scene3d.export.fileio import atomic_write, export_arrays, read_bytes, to_tensors
 from scene3d.export.transform import transform_gaussians
 
 SH_C0 = 0.28209479177387814
@@ -90,11 +90,7 @@ def write_splat(path: str | Path, params: dict[str, Tensor], transform=None) -> 
             overflows or underflows float32 when exponentiated (the message names the attribute).
     """
     path = Path(path)
-    arrays = model_arrays(params)
-    check_finite(arrays, "in the model", "the .splat file")
-    if transform is not None:
-        arrays = model_arrays(transform_gaussians(params, transform))
-        check_finite(arrays, "after applying the export transform", "the .splat file")
+    arrays = export_arrays(params, transform, "the .splat file")
     n = arrays["means"].shape[0]
     if n == 0:
         raise ValueError("the model has no Gaussians; a .splat file cannot hold an empty model")

@@ -78,7 +78,7 @@ import numpy as np
 from torch import Tensor
 
 from scene3d.errors import DataError
-from scene3d.export.fileio import atomic_write, check_finite, model_arrays, read_bytes, to_tensors
+from scene3d.export.fileio import atomic_write, export_arrays, read_bytes, to_tensors
 from scene3d.export.sh_rotation import sh_degree_from_rest
 from scene3d.export.transform import transform_gaussians
 
@@ -218,11 +218,7 @@ def write_spz(
     for name, bits in (("sh1_bits", sh1_bits), ("sh_rest_bits", sh_rest_bits)):
         if not (isinstance(bits, int) and 1 <= bits <= 8):
             raise ValueError(f"{name} must be an integer 1..8, got {bits!r}")
-    arrays = model_arrays(params)
-    check_finite(arrays, "in the model", "the spz file")
-    if transform is not None:
-        arrays = model_arrays(transform_gaussians(params, transform))
-        check_finite(arrays, "after applying the export transform", "the spz file")
+    arrays = export_arrays(params, transform, "the spz file")
     n = arrays["means"].shape[0]
     if n == 0:
         raise ValueError("the model has no Gaussians; spz readers refuse a file without any")
