@@ -28,7 +28,7 @@ def run_bench(run: Path, output: Path | None = None, formats: tuple[str, ...] = 
 
     from scene3d.export.formats import get_format, read_scene
     from scene3d.export.splat_transform import find_splat_transform, run_splat_transform
-    from scene3d.train.commands import model_from_scene_file, run_params_in_input_frame
+    from scene3d.train.commands import checkpoint_params_in_input_frame, model_from_scene_file
     from scene3d.train.run import load_run
     from scene3d.train.trainer import evaluate_model, pick_device
 
@@ -48,10 +48,12 @@ def run_bench(run: Path, output: Path | None = None, formats: tuple[str, ...] = 
     output.mkdir(parents=True, exist_ok=True)
     dev = pick_device(device)
     spec, ds, model, state = load_run(run, device)
+    if spec.model != "3dgs":
+        raise Scene3dError(f"{run}: is a {spec.model} run; scene files hold Gaussians (3dgs runs)")
     bg_mode = spec.train_cfg.get("background_mode", "auto")
     console.print(f"evaluating the run's model on its {'test' if ds.test_indices else 'train'} split ...")
     base = evaluate_model(model, ds, dev, bg_mode)
-    params, to_input = run_params_in_input_frame(run)
+    params, to_input = checkpoint_params_in_input_frame(state)
     del model
 
     def measure(label: str, path: Path, write_seconds: float, fmt_name: str) -> dict:

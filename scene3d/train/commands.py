@@ -104,6 +104,11 @@ def run_params_in_input_frame(run: Path) -> tuple[dict, np.ndarray]:
     state = ckpt.load(run / "checkpoints" / "latest.pt")
     if spec.model != "3dgs":
         raise Scene3dError(f"{run}: is a {spec.model} run; scene files hold Gaussians (3dgs runs)")
+    return checkpoint_params_in_input_frame(state)
+
+
+def checkpoint_params_in_input_frame(state: dict) -> tuple[dict, np.ndarray]:
+    """(params on the CPU, normalised -> input transform) of a loaded checkpoint."""
     to_input = np.linalg.inv(np.asarray(state["dataset"]["transform"], dtype=np.float64))
     params = {k: v.detach().cpu() for k, v in state["model"]["params"].items()}
     return params, to_input
