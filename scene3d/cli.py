@@ -97,18 +97,38 @@ def eval(
 
 
 def render(
-    run: tyro.conf.Positional[Path],
-    path: Literal["test", "orbit", "spiral"] = "test",
+    target: tyro.conf.Positional[Path],
+    path: str = "test",
     output: Annotated[Path | None, tyro.conf.arg(aliases=("-o",))] = None,
     frames: int = 120,
     fps: int = 30,
     width: int | None = None,
+    height: int | None = None,
+    mode: Literal["rgb", "depth", "alpha"] = "rgb",
     device: str = "auto",
 ) -> None:
-    """Renders a run: the test views (PNGs beside the ground truth) or an orbit/spiral path to an mp4."""
-    from scene3d.train.commands import render_command
+    """Renders a run: its test views (PNGs beside the ground truth), an orbit or spiral to an mp4,
+    or a camera path saved by the viewer (`--path PATH.json`, also for scene files).
 
-    render_command(run, path=path, output=output, frames=frames, fps=fps, width=width, device=device)
+    Args:
+        target: a run folder (or, with a camera-path file, a scene file).
+        path: test, orbit, spiral, or a camera-path JSON file saved by `scene3d view`.
+        output: the folder (test) or mp4 file to write.
+        frames: frames of an orbit or spiral.
+        fps: frame rate of an orbit or spiral (a camera path has its own).
+        width: video width (default: the training images' or the camera path's).
+        height: video height of a camera path (default: the path's).
+        mode: rgb, depth (colour-mapped) or alpha, for camera paths.
+        device: auto, cpu or cuda.
+    """
+    from scene3d.train.commands import render_command, render_path_command
+
+    if path.lower().endswith(".json"):
+        render_path_command(target, Path(path), output=output, width=width, height=height, mode=mode, device=device)
+        return
+    if path not in ("test", "orbit", "spiral"):
+        raise Scene3dError(f"--path {path}: give test, orbit, spiral or a camera-path .json file")
+    render_command(target, path=path, output=output, frames=frames, fps=fps, width=width, device=device)
 
 
 def export(
@@ -139,6 +159,28 @@ def export(
         fmt = format_of_path(output).name
     options = {"sh_iterations": sog_sh_iterations, "sh_palette": sog_sh_palette, "layout": sog_layout} if fmt == "sog" else {}
     export_command(target, output, fmt, **options)
+
+
+def view(
+    target: tyro.conf.Positional[Path],
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    device: str = "auto",
+    up: Literal["auto", "+x", "+y", "+z", "-x", "-y", "-z"] = "auto",
+) -> None:
+    """Opens a trained run or a scene file in the web viewer (viser), rendered on this machine:
+    `scene3d view RUN` or `scene3d view FILE`, then open the printed URL.
+
+    Args:
+        target: a run folder or a scene file (.ply, .splat, .compressed.ply, .spz, .sog).
+        host: interface to listen on; 127.0.0.1 keeps the viewer private to this machine (0.0.0.0 serves every interface).
+        port: port to listen on (the next free one is taken when it is busy).
+        device: auto, cpu or cuda.
+        up: the scene's up axis; auto takes the training cameras' mean up direction (+z for scene files).
+    """
+    from scene3d.viewer.server import view_command
+
+    view_command(target, host=host, port=port, device=device, up=up)
 
 
 def demo(
@@ -243,13 +285,42 @@ def bench_export(
         print_table(rows, run)
 
 
-BENCH_COMMANDS = {"rasterize": bench_rasterize, "densify": bench_densify, "export": bench_export}
+def bench_view(
+    run: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")],
+    size: int = 512,
+    frames: int = 30,
+    train_steps: int = 300,
+    device: str = "auto",
+    json_out: Annotated[bool, tyro.conf.arg(name="json")] = False,
+) -> None:
+    """Viewer speed: server render time per frame (rgb and depth) at SIZE x SIZE from the training
+    cameras' poses, and the training slowdown of `--viewer` with no browser connected (RUN/bench_view.json).
+
+    Args:
+        run: a trained run folder.
+        size: frame width and height in pixels.
+        frames: timed frames per render mode (after one warm-up frame).
+        train_steps: steps trained without, with and again without the live viewer (0: skip).
+        device: auto, cpu or cuda.
+        json_out: print JSON instead of a table.
+    """
+    from scene3d.bench.view import print_result, run_bench
+
+    result = run_bench(run, size, frames, train_steps, device)
+    if json_out:
+        print(json.dumps(result, indent=2))
+    else:
+        print_result(result)
 
 
-def bench(name: tyro.conf.Positional[Literal["rasterize", "densify", "export"]]) -> None:
+BENCH_COMMANDS = {"rasterize": bench_rasterize, "densify": bench_densify, "export": bench_export, "view": bench_view}
+
+
+def bench(name: tyro.conf.Positional[Literal["rasterize", "densify", "export", "view"]]) -> None:
     """Benchmarks: `scene3d bench rasterize` (rasterizer backends), `scene3d bench densify SCENE`
     (densification strategies at the same time budget), `scene3d bench export RUN` (scene-file
-    formats: size against quality). `scene3d bench NAME --help` for options."""
+    formats: size against quality), `scene3d bench view RUN` (viewer frame time, live-viewer
+    overhead). `scene3d bench NAME --help` for options."""
     raise AssertionError("handled by main")  # pragma: no cover
 
 
@@ -260,6 +331,7 @@ COMMANDS = {
     "eval": eval,
     "render": render,
     "export": export,
+    "view": view,
     "demo": demo,
     "bench": bench,
 }

@@ -91,3 +91,21 @@ def write_video(frames, path: Path, fps: int = 30) -> Path:
             writer.append_data(f)
     tmp.replace(path)
     return path
+
+
+def render_camera_path(model, cam_path, to_model, device, output: Path, mode: str = "rgb", background=(0.0, 0.0, 0.0), width: int | None = None, height: int | None = None, progress=None) -> Path:
+    """Renders a camera path (:class:`scene3d.viewer.camera.CameraPath`, input frame) of a model
+    shown in the frame ``to_model`` maps the input frame to, to an mp4; ``progress`` wraps the frames."""
+    from scene3d.viewer.frames import frame_image
+
+    cams = cam_path.cameras(to_model, width=width, height=height)
+    bg = torch.tensor(background, dtype=torch.float32, device=device)
+
+    def frames():
+        for i in range(len(cams)):
+            with torch.no_grad():
+                out = model.viewer_render(cams[i].to(device), background=bg)
+            yield frame_image(out, mode, background)
+
+    gen = frames() if progress is None else progress(frames(), len(cams))
+    return write_video(gen, output, fps=max(int(round(cam_path.fps)), 1))

@@ -159,3 +159,67 @@ class GaussianModel(nn.Module):
         )
         a = self.activated()
         return rasterize(a["means"], a["quats"], a["scales"], a["opacities"], a["colors"], cameras, settings, background=background)
+
+    # ------------------------------------------------------------------ viewer
+    def viewer_controls(self):
+        """The 3DGS controls the viewer shows (see scene3d.viewer.controls)."""
+        from scene3d.viewer.controls import ViewerControl
+
+        return [
+            ViewerControl("scale", "Splat scale", "slider", 1.0, 0.05, 2.0, 0.05, hint="Multiplies every Gaussian's extent (as the original 3DGS viewer's scaling modifier)."),
+            ViewerControl("min_opacity", "Min opacity", "slider", 0.0, 0.0, 0.99, 0.01, hint="Hides Gaussians below this opacity."),
+        ]
+
+    def crop_mask(self, lo, hi) -> Tensor:
+        """[N] bool: Gaussians whose centre lies in the box [lo, hi] (model frame)."""
+        m = self.params["means"].detach()
+        lo = torch.as_tensor(lo, dtype=m.dtype, device=m.device)
+        hi = torch.as_tensor(hi, dtype=m.dtype, device=m.device)
+        return ((m >= lo) & (m <= hi)).all(-1)
+
+    @torch.no_grad()
+    def viewer_render(self, cameras: Cameras, *, sh_degree: int | None = None, background: Tensor | None = None, options: dict | None = None, crop=None):
+        """A render for the viewer: :meth:`render` with the viewer's controls and crop box applied."""
+        from scene3d.renderers.gaussians import RasterSettings, rasterize
+
+        options = options or {}
+        a = self.activated()
+        keep = None
+        if crop is not None:
+            keep = self.crop_mask(*crop)
+        floor = float(options.get("min_opacity", 0.0))
+        if floor > 0:
+            above = a["opacities"] > floor
+            keep = above if keep is None else keep & above
+        if keep is not None:
+            a = {k: v[keep] for k, v in a.items()}
+        scale = float(options.get("scale", 1.0))
+        if scale != 1.0:
+            a["scales"] = a["scales"] * scale
+        settings = RasterSettings(
+            backend=self.cfg.backend,
+            sh_degree=self.cfg.sh_degree if sh_degree is None else min(int(sh_degree), self.cfg.sh_degree),
+            near=self.cfg.near,
+            far=self.cfg.far,
+            antialiased=self.cfg.antialiased,
+            render_depth=True,
+        )
+        return rasterize(a["means"], a["quats"], a["scales"], a["opacities"], a["colors"], cameras, settings, background=background)
+
+    def viewer_stats(self) -> dict:
+        n = self.num_gaussians
+        op = torch.sigmoid(self.params["opacities"].detach())
+        return {
+            "Gaussians": f"{n:,}",
+            "SH degree": str(self.cfg.sh_degree),
+            "opacity < 0.01": f"{int((op < 0.01).sum()):,}",
+            "memory": f"{sum(p.numel() for p in self.params.values()) * 4 / 1e6:.1f} MB",
+        }
+
+    def export_params(self, crop=None) -> dict[str, Tensor]:
+        """The parameters a scene file holds (on the CPU), optionally only those inside ``crop``."""
+        params = {k: v.detach().cpu() for k, v in self.params.items()}
+        if crop is not None:
+            keep = self.crop_mask(*crop).cpu()
+            params = {k: v[keep] for k, v in params.items()}
+        return params

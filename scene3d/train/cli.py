@@ -8,6 +8,7 @@ model's and strategy's hyperparameters, and ``--help`` documents them.
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -127,9 +128,28 @@ def run_training(scene, output, model_name, model_cfg, strategy_name, strategy, 
         f"{trainer.model.num_gaussians:,} initial primitives, device {trainer.device}"
         + (f", resuming at step {trainer.step}" if train_cfg.resume else "")
     )
-    result = trainer.fit()
-    console.print(
-        f"[bold green]done[/]: {result['steps']} steps in {result['train_seconds']} s ({result['stopped_by']}); "
-        f"{result['eval_split']} PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f}, {result['num_gaussians']:,} primitives -> {output}"
-    )
+    viewer = None
+    if train_cfg.viewer:
+        from scene3d.viewer.server import start_live_viewer
+
+        viewer = start_live_viewer(trainer, train_cfg.viewer_host, train_cfg.viewer_port)
+        trainer.viewer = viewer
+        console.print(f"live viewer at [link]{viewer.url}[/link] (pause and resume training there)")
+    try:
+        result = trainer.fit()
+        console.print(
+            f"[bold green]done[/]: {result['steps']} steps in {result['train_seconds']} s ({result['stopped_by']}); "
+            f"{result['eval_split']} PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f}, {result['num_gaussians']:,} primitives -> {output}"
+        )
+        if viewer is not None and train_cfg.viewer_wait:
+            viewer.training = {**viewer.training, "finished": True}
+            console.print(f"training finished; the viewer stays at {viewer.url} until Ctrl+C")
+            try:
+                while True:
+                    time.sleep(1.0)
+            except KeyboardInterrupt:
+                pass
+    finally:
+        if viewer is not None:
+            viewer.stop()
     return result

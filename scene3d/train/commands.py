@@ -57,6 +57,30 @@ def render_command(run: Path, *, path: str = "test", output: Path | None = None,
     return out
 
 
+def render_path_command(target: Path, path_file: Path, *, output: Path | None = None, width: int | None = None, height: int | None = None, mode: str = "rgb", device: str = "auto") -> Path:
+    """Renders a camera path saved by the viewer (input frame) for a run or a scene file."""
+    from rich.console import Console
+    from rich.progress import track
+
+    from scene3d.render import render_camera_path
+    from scene3d.train.trainer import pick_device
+    from scene3d.viewer.camera import CameraPath
+    from scene3d.viewer.target import load_target
+
+    cam_path = CameraPath.load(path_file)
+    dev = pick_device(device)
+    target = load_target(Path(target), dev, max_thumbnails=0)
+    if output is None:
+        folder = target.source / "renders" if target.kind == "run" else target.source.parent
+        output = folder / f"{Path(path_file).stem}.mp4"
+    if width is not None and height is None:
+        height = max(2, round(cam_path.height * width / cam_path.width / 2) * 2)
+    progress = lambda frames, n: track(frames, total=n, description=f"rendering {Path(path_file).name}")  # noqa: E731
+    render_camera_path(target.model, cam_path, target.to_model, dev, Path(output), mode=mode, background=target.background, width=width, height=height, progress=progress)
+    Console().print(f"wrote {cam_path.num_frames} frames ({width or cam_path.width}x{height or cam_path.height}, {cam_path.fps:g} fps) to {output}")
+    return Path(output)
+
+
 def model_from_scene_file(path: Path, ds, device: str = "auto"):
     """A GaussianModel from a scene file in the input frame (any format), moved into ``ds``'s
     normalised frame, ready to render with ``ds``'s cameras."""

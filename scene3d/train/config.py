@@ -42,3 +42,13 @@ class TrainConfig:
     """Step the grid training starts at; -1: when densification stops (the strategy's refine_stop)."""
     grid_sort_every: int = 1000
     """Re-sort the grid every N steps (sorting 200k Gaussians takes about 30 s on one CPU core)."""
+    viewer: bool = False
+    """Serve the live web viewer (viser) while training: the model as it trains, with pause/resume
+    and the current step, loss, PSNR and primitive count. Rendering happens only while a browser is
+    connected."""
+    viewer_host: str = "127.0.0.1"
+    """Interface the viewer listens on (0.0.0.0: every interface)."""
+    viewer_port: int = 8080
+    """Port of the viewer (the next free one is taken when it is busy)."""
+    viewer_wait: bool = True
+    """After training, keep the viewer up until Ctrl+C."""

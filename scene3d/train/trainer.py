@@ -93,6 +93,7 @@ class Trainer:
         self.elapsed = 0.0
         self._images: dict[int, torch.Tensor] = {}
         self.last_eval: dict | None = None
+        self.viewer = None  # a live ViewerServer (scene3d train --viewer), set by run_training
         self.grid = None
         if getattr(cfg, "compress_grid", False):
             if getattr(model, "name", None) != "3dgs":
@@ -207,9 +208,15 @@ class Trainer:
                 if cfg.time_budget > 0 and self.elapsed >= cfg.time_budget:
                     stopped_by = "time_budget"
                     break
+                if self.viewer is not None:
+                    self.viewer.wait_while_paused()
                 t0 = time.perf_counter()
                 try:
-                    stats = self.train_step()
+                    if self.viewer is None:
+                        stats = self.train_step()
+                    else:
+                        with self.viewer.lock:  # the viewer never renders a half-updated model
+                            stats = self.train_step()
                 except RuntimeError as e:
                     if "out of memory" in str(e).lower() or "can't allocate memory" in str(e).lower():
                         raise Scene3dError(
@@ -220,6 +227,8 @@ class Trainer:
                 self.elapsed += time.perf_counter() - t0
                 ema_loss = stats["loss"] if ema_loss is None else 0.9 * ema_loss + 0.1 * stats["loss"]
                 ema_psnr = stats["psnr"] if ema_psnr is None else 0.9 * ema_psnr + 0.1 * stats["psnr"]
+                if self.viewer is not None:
+                    self.viewer.training_update(step=self.step, max_steps=cfg.max_steps, loss=ema_loss, psnr=ema_psnr, num=self.model.num_gaussians, elapsed=self.elapsed)
                 if self.step % cfg.log_every == 0 or self.step == 1:
                     self.log({"step": self.step, "split": "train", "loss": stats["loss"], "psnr": stats["psnr"], "num_gaussians": self.model.num_gaussians, "elapsed": round(self.elapsed, 3)})
                     bar.update(task, completed=self.step, stats=f"loss {ema_loss:.4f}  psnr {ema_psnr:.2f}  gaussians {self.model.num_gaussians:,}")

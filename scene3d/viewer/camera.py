@@ -1,0 +1,259 @@
+"""Cameras for the viewer: the browser's camera as :class:`~scene3d.cameras.Cameras`, and camera
+paths (keyframes saved as JSON, interpolated into one camera per video frame).
+
+viser reports a camera as a camera-to-world rotation (quaternion ``wxyz``) and position in the
+OpenCV convention (x right, y down, z forward), which is scene3d's convention too, plus a vertical
+field of view and the canvas size in pixels. A pinhole camera with square pixels and the principal
+point at the centre reproduces what the browser shows.
+
+Camera-path files (``scene3d-camera-path`` version 1) hold their keyframes in the *input* frame of
+the data (the frame scene files are exported in), so one path works for a run, for the files
+exported from it and for ``scene3d render RUN --path PATH.json``::
+
+    {"format": "scene3d-camera-path", "version": 1, "width": 1280, "height": 720, "fps": 30,
+     "seconds": 4.0, "loop": false,
+     "keyframes": [{"position": [x, y, z], "wxyz": [w, x, y, z], "fov": 50.0}, ...]}
+
+``fov`` is the vertical field of view in degrees. Positions follow a Catmull-Rom spline through the
+keyframes, orientations a spherical interpolation between neighbouring keyframes (both uniform in
+keyframe index), so the camera passes through every keyframe exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scene3d.cameras import Cameras, rigid_inverse
+from scene3d.errors import DataError
+
+PATH_FORMAT = "scene3d-camera-path"
+
+
+# ---------------------------------------------------------------------------- rotations
+def quat_to_matrix(wxyz) -> np.ndarray:
+    w, x, y, z = np.asarray(wxyz, dtype=np.float64) / np.linalg.norm(wxyz)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def matrix_to_quat(R) -> np.ndarray:
+    """Unit quaternion (w, x, y, z) with w >= 0 of a rotation matrix (Shepperd's method)."""
+    R = np.asarray(R, dtype=np.float64)
+    tr = np.trace(R)
+    if tr > 0:
+        s = math.sqrt(tr + 1.0) * 2
+        q = [0.25 * s, (R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s]
+    elif R[0, 0] > R[1, 1] and R[0, 0] > R[2, 2]:
+        s = math.sqrt(1.0 + R[0, 0] - R[1, 1] - R[2, 2]) * 2
+        q = [(R[2, 1] - R[1, 2]) / s, 0.25 * s, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s]
+    elif R[1, 1] > R[2, 2]:
+        s = math.sqrt(1.0 + R[1, 1] - R[0, 0] - R[2, 2]) * 2
+        q = [(R[0, 2] - R[2, 0]) / s, (R[0, 1] + R[1, 0]) / s, 0.25 * s, (R[1, 2] + R[2, 1]) / s]
+    else:
+        s = math.sqrt(1.0 + R[2, 2] - R[0, 0] - R[1, 1]) * 2
+        q = [(R[1, 0] - R[0, 1]) / s, (R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, 0.25 * s]
+    q = np.asarray(q) / np.linalg.norm(q)
+    return q if q[0] >= 0 else -q
+
+
+def slerp(q0, q1, t: float) -> np.ndarray:
+    q0, q1 = np.asarray(q0, np.float64), np.asarray(q1, np.float64)
+    dot = float(np.dot(q0, q1))
+    if dot < 0:  # the shorter way round
+        q1, dot = -q1, -dot
+    if dot > 0.9995:
+        q = q0 + t * (q1 - q0)
+        return q / np.linalg.norm(q)
+    theta = math.acos(min(dot, 1.0))
+    return (math.sin((1 - t) * theta) * q0 + math.sin(t * theta) * q1) / math.sin(theta)
+
+
+# ---------------------------------------------------------------------------- viser <-> Cameras
+def pinhole_camera(c2w: np.ndarray, fov_y: float, width: int, height: int) -> Cameras:
+    """A pinhole camera (OpenCV c2w [4, 4], vertical fov in radians) with square pixels."""
+    f = 0.5 * height / math.tan(0.5 * fov_y)
+    w2c = rigid_inverse(torch.from_numpy(np.asarray(c2w, dtype=np.float64))[None]).float()
+    return Cameras.create(w2c, f, f, width / 2.0, height / 2.0, int(width), int(height))
+
+
+def pose_c2w(wxyz, position) -> np.ndarray:
+    c2w = np.eye(4)
+    c2w[:3, :3] = quat_to_matrix(wxyz)
+    c2w[:3, 3] = np.asarray(position, dtype=np.float64)
+    return c2w
+
+
+def viewer_camera(wxyz, position, fov_y: float, width: int, height: int) -> Cameras:
+    """The browser camera (viser's wxyz, position, vertical fov in radians, canvas size)."""
+    return pinhole_camera(pose_c2w(wxyz, position), fov_y, width, height)
+
+
+def camera_pose(cams: Cameras, i: int = 0) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """(wxyz, position, vertical fov in radians, aspect) of camera ``i``, as viser takes them."""
+    c2w = cams.cam_to_world[i].double().cpu().numpy()
+    h, w = float(cams.height[i]), float(cams.width[i])
+    fov_y = 2 * math.atan(0.5 * h / float(cams.fy[i]))
+    return matrix_to_quat(c2w[:3, :3]), c2w[:3, 3].copy(), fov_y, w / h
+
+
+def transform_c2w(c2w: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """Camera-to-world pose after the world is mapped by the similarity ``T`` (rotation kept rigid)."""
+    T = np.asarray(T, dtype=np.float64)
+    s = abs(np.linalg.det(T[:3, :3])) ** (1.0 / 3.0)
+    out = T @ np.asarray(c2w, dtype=np.float64)
+    out[:3, :3] /= s
+    return out
+
+
+# ---------------------------------------------------------------------------- camera paths
+@dataclass
+class Keyframe:
+    position: np.ndarray  # [3], input frame
+    wxyz: np.ndarray  # [4], camera-to-world rotation, OpenCV convention
+    fov: float  # vertical, degrees
+
+    def c2w(self) -> np.ndarray:
+        return pose_c2w(self.wxyz, self.position)
+
+
+@dataclass
+class CameraPath:
+    """Keyframes (input frame) and how to play them."""
+
+    keyframes: list[Keyframe] = field(default_factory=list)
+    width: int = 1280
+    height: int = 720
+    fps: float = 30.0
+    seconds: float = 4.0
+    loop: bool = False
+
+    @property
+    def num_frames(self) -> int:
+        return max(int(round(self.seconds * self.fps)), 1)
+
+    # ---- JSON
+    def to_json(self) -> dict:
+        return {
+            "format": PATH_FORMAT,
+            "version": 1,
+            "width": int(self.width),
+            "height": int(self.height),
+            "fps": float(self.fps),
+            "seconds": float(self.seconds),
+            "loop": bool(self.loop),
+            "keyframes": [{"position": [float(v) for v in k.position], "wxyz": [float(v) for v in k.wxyz], "fov": float(k.fov)} for k in self.keyframes],
+        }
+
+    def save(self, path: Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".partial")
+        tmp.write_text(json.dumps(self.to_json(), indent=2))
+        tmp.replace(path)
+        return path
+
+    @staticmethod
+    def from_json(data, source: Path | str = "camera path") -> "CameraPath":
+        def bad(problem: str) -> DataError:
+            return DataError(Path(source), f"is not a valid camera path: {problem}")
+
+        if not isinstance(data, dict) or data.get("format") != PATH_FORMAT:
+            raise bad(f'"format" must be "{PATH_FORMAT}"')
+        if data.get("version") != 1:
+            raise bad(f"unsupported version {data.get('version')!r} (this scene3d reads version 1)")
+        try:
+            width, height = int(data["width"]), int(data["height"])
+            fps, seconds = float(data["fps"]), float(data["seconds"])
+            keys = []
+            for j, k in enumerate(data["keyframes"]):
+                pos = np.asarray(k["position"], dtype=np.float64)
+                q = np.asarray(k["wxyz"], dtype=np.float64)
+                fov = float(k["fov"])
+                if pos.shape != (3,) or q.shape != (4,):
+                    raise bad(f"keyframe {j}: position needs 3 numbers and wxyz 4")
+                if not (np.isfinite(pos).all() and np.isfinite(q).all() and math.isfinite(fov)) or np.linalg.norm(q) < 1e-8:
+                    raise bad(f"keyframe {j} holds a non-finite number or a zero quaternion")
+                if not 0.1 <= fov < 179.9:
+                    raise bad(f"keyframe {j}: fov {fov} is not a vertical field of view in degrees")
+                keys.append(Keyframe(pos, q / np.linalg.norm(q), fov))
+        except DataError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            raise bad(f"missing or wrong field ({type(e).__name__}: {e})") from None
+        if not keys:
+            raise bad("it has no keyframes")
+        if width < 8 or height < 8 or width > 16384 or height > 16384:
+            raise bad(f"image size {width}x{height} is out of range")
+        if not (fps > 0 and seconds > 0 and math.isfinite(fps) and math.isfinite(seconds)):
+            raise bad("fps and seconds must be positive")
+        return CameraPath(keys, width, height, fps, seconds, bool(data.get("loop", False)))
+
+    @staticmethod
+    def load(path: Path) -> "CameraPath":
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(path, "does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(path, f"is not valid JSON ({e})") from None
+        return CameraPath.from_json(data, path)
+
+    # ---- interpolation
+    def poses(self, num_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(c2w [F, 4, 4], vertical fov in degrees [F]) along the path, in the input frame."""
+        n = self.num_frames if num_frames is None else num_frames
+        keys = self.keyframes
+        if not keys:
+            raise ValueError("the camera path has no keyframes")
+        k = len(keys)
+        positions = np.stack([kf.position for kf in keys])
+        quats = np.stack([kf.wxyz for kf in keys])
+        fovs = np.array([kf.fov for kf in keys])
+        segments = k if (self.loop and k > 1) else k - 1
+        out_c2w, out_fov = [], []
+        for f in range(n):
+            if segments == 0:
+                u = 0.0
+            elif self.loop:
+                u = segments * f / n  # the last frame stops short of the first keyframe
+            else:
+                u = segments * f / max(n - 1, 1)
+            seg = min(int(math.floor(u)), max(segments - 1, 0))
+            t = u - seg
+            i0, i1 = seg % k, (seg + 1) % k
+            im1 = (seg - 1) % k if self.loop else max(seg - 1, 0)
+            i2 = (seg + 2) % k if self.loop else min(seg + 2, k - 1)
+            p = _catmull_rom(positions[im1], positions[i0], positions[i1], positions[i2], t)
+            q = slerp(quats[i0], quats[i1], t)
+            c2w = pose_c2w(q, p)
+            out_c2w.append(c2w)
+            out_fov.append((1 - t) * fovs[i0] + t * fovs[i1])
+        return np.stack(out_c2w), np.array(out_fov)
+
+    def cameras(self, to_model: np.ndarray | None = None, width: int | None = None, height: int | None = None, num_frames: int | None = None) -> Cameras:
+        """One pinhole camera per frame, moved into the model's frame by ``to_model`` (input -> model)."""
+        w, h = int(width or self.width), int(height or self.height)
+        c2ws, fovs = self.poses(num_frames)
+        cams = []
+        for c2w, fov in zip(c2ws, fovs):
+            if to_model is not None:
+                c2w = transform_c2w(c2w, to_model)
+            cams.append(pinhole_camera(c2w, math.radians(fov), w, h))
+        return Cameras.cat(cams)
+
+
+def _catmull_rom(p0, p1, p2, p3, t: float) -> np.ndarray:
+    t2, t3 = t * t, t * t * t
+    return 0.5 * ((2 * p1) + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t2 + (-p0 + 3 * p1 - 3 * p2 + p3) * t3)

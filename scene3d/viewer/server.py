@@ -1,0 +1,648 @@
+"""The viewer app: a viser server whose browser canvas shows frames rendered here, on the server,
+by the representation's own renderer (so view-dependent colour and every control are exactly what
+training produced).
+
+Each connected browser gets a render thread. While its camera moves, frames are rendered at a
+resolution scaled so that one takes about ``moving_frame_seconds``; once the camera has been still
+for ``refine_after`` seconds, the frame is rendered again at the canvas resolution (capped by the
+"Max resolution" control). Model access is serialised by :attr:`ViewerServer.lock`, which the
+trainer also holds for each step in live mode, so a frame never sees a half-updated model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scene3d.viewer.camera import CameraPath, Keyframe, camera_pose, matrix_to_quat, pose_c2w, transform_c2w, viewer_camera
+from scene3d.viewer.frames import RENDER_MODES, frame_image
+from scene3d.viewer.target import ViewTarget
+
+log = logging.getLogger(__name__)
+
+SCENE_FORMATS = ("ply", "splat", "compressed-ply", "spz", "sog")
+FORMAT_SUFFIX = {"ply": ".ply", "splat": ".splat", "compressed-ply": ".compressed.ply", "spz": ".spz", "sog": ".sog"}
+
+
+@dataclass
+class Frame:
+    """The last frame sent to a browser: the camera it was rendered for and the picture."""
+
+    cameras: object
+    image: np.ndarray
+    mode: str
+    full_resolution: bool
+    seconds: float
+    sent_at: float
+
+
+class _ClientRenderer:
+    """Renders for one browser in its own thread, following its camera."""
+
+    def __init__(self, viewer: "ViewerServer", client):
+        self.viewer, self.client = viewer, client
+        self.cond = threading.Condition()
+        self.moving = False  # a camera move is waiting to be rendered
+        self.invalid = True  # a full-resolution frame is due (settings changed, new model)
+        self.refine_due = False
+        self.last_move = 0.0
+        self.stopped = False
+        self.last_frame: Frame | None = None
+        self.frames_sent = 0
+        self.rendered_version = -1
+        client.camera.on_update(lambda _cam: self.camera_moved())
+        self.thread = threading.Thread(target=self._loop, name=f"scene3d-view-client-{client.client_id}", daemon=True)
+        self.thread.start()
+
+    def camera_moved(self) -> None:
+        with self.cond:
+            self.moving = True
+            self.last_move = time.monotonic()
+            self.cond.notify()
+
+    def invalidate(self) -> None:
+        with self.cond:
+            self.invalid = True
+            self.cond.notify()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify()
+
+    def _loop(self) -> None:
+        v = self.viewer
+        while True:
+            with self.cond:
+                while not self.stopped:
+                    now = time.monotonic()
+                    if self.moving or self.invalid:
+                        break
+                    if self.refine_due and now - self.last_move >= v.refine_after:
+                        break
+                    if v.live and v.version != self.rendered_version and now - (self.last_frame.sent_at if self.last_frame else 0) >= v.live_interval:
+                        break
+                    self.cond.wait(timeout=0.05)
+                if self.stopped:
+                    return
+                moving = self.moving and (time.monotonic() - self.last_move) < v.refine_after
+                self.moving = False
+                self.invalid = False
+            try:
+                self._render(full=not moving)
+            except Exception as e:  # a render failing must not take the server down
+                log.exception("render failed")
+                try:
+                    self.client.add_notification("Render failed", f"{type(e).__name__}: {e}", color="red", auto_close_seconds=5.0)
+                except Exception:
+                    pass
+                time.sleep(0.5)
+
+    def _render(self, full: bool) -> None:
+        v, cam = self.viewer, self.client.camera
+        width, height = int(cam.image_width or 0), int(cam.image_height or 0)
+        if width < 2 or height < 2:  # the browser has not reported its canvas yet
+            width, height = 640, 480
+        scale = min(1.0, v.max_resolution / max(width, height))
+        if not full:
+            budget = v.moving_frame_seconds / max(v.seconds_per_pixel * width * height * scale * scale, 1e-9)
+            scale *= min(1.0, math.sqrt(budget))
+            scale = max(scale, 64 / max(width, height))
+        w, h = max(int(round(width * scale)), 2), max(int(round(height * scale)), 2)
+        cams = viewer_camera(cam.wxyz, cam.position, float(cam.fov), w, h)
+        version = v.version
+        t0 = time.perf_counter()
+        far = 0.95 * float(getattr(cam, "far", 1000.0) or 1000.0)
+        image, depth = v.render_image(cams, with_depth=True, empty_depth=far)
+        seconds = time.perf_counter() - t0
+        v.seconds_per_pixel = 0.7 * v.seconds_per_pixel + 0.3 * seconds / (w * h) if v.seconds_per_pixel > 0 else seconds / (w * h)
+        if self.stopped:  # the browser left while this frame was rendered
+            return
+        # the depth lets the browser hide frusta and boxes behind the rendered surfaces
+        self.client.scene.set_background_image(image, format="jpeg", jpeg_quality=92 if full else 70, depth=depth)
+        self.last_frame = Frame(cams, image, v.mode, full, seconds, time.monotonic())
+        self.frames_sent += 1
+        self.rendered_version = version
+        self.refine_due = not full
+        v.last_render = (w, h, seconds)
+
+
+class ViewerServer:
+    """``scene3d view`` and ``scene3d train --viewer``: serves a target to browsers through viser."""
+
+    moving_frame_seconds = 0.12
+    refine_after = 0.3
+    live_interval = 1.0
+
+    def __init__(self, target: ViewTarget, host: str = "127.0.0.1", port: int = 8080, device: torch.device | None = None, live: bool = False):
+        import viser
+
+        self.target, self.live = target, live
+        self.device = device or torch.device("cpu")
+        self.lock = threading.RLock()
+        self.version = 0
+        self.seconds_per_pixel = 0.0
+        self.last_render: tuple[int, int, float] | None = None
+        self.clients: dict[int, _ClientRenderer] = {}
+        self._clients_lock = threading.Lock()
+        self.path = CameraPath()
+        self._playing = threading.Event()
+        self._stopped = False
+        # live training
+        self.paused = threading.Event()
+        self.training: dict = {}
+        self.server = viser.ViserServer(host=host, port=port, verbose=False)
+        self.host = host
+        self.center, self.radius = target.scene_center_and_radius()
+        self._setup_scene()
+        self._build_gui()
+        self.server.on_client_connect(self._connect)
+        self.server.on_client_disconnect(self._disconnect)
+        self._ticker = threading.Thread(target=self._tick, name="scene3d-view-stats", daemon=True)
+        self._ticker.start()
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def port(self) -> int:
+        return int(self.server.get_port())
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def mode(self) -> str:
+        return self.gui["mode"].value
+
+    @property
+    def max_resolution(self) -> int:
+        return int(self.gui["max_res"].value)
+
+    def background(self) -> tuple[float, float, float]:
+        r, g, b = self.gui["background"].value
+        return (r / 255.0, g / 255.0, b / 255.0)
+
+    def crop_box(self):
+        if not self.gui["crop"].value:
+            return None
+        lo, hi = np.asarray(self.gui["crop_min"].value, np.float64), np.asarray(self.gui["crop_max"].value, np.float64)
+        return np.minimum(lo, hi), np.maximum(lo, hi)
+
+    def render_options(self) -> dict:
+        return {key: handle.value for key, handle in self.control_handles.items()}
+
+    def render_image(self, cams, mode: str | None = None, with_depth: bool = False, empty_depth: float = 900.0):
+        """The picture the viewer shows for ``cams`` (one camera) with the current settings (and,
+        with ``with_depth``, its float32 depth, ``empty_depth`` where nothing was rendered: inside
+        the browser camera's far plane, or the browser would not draw those pixels)."""
+        mode = mode or self.mode
+        bg = self.background()
+        with self.lock, torch.no_grad():
+            out = self.target.model.viewer_render(
+                cams.to(self.device),
+                sh_degree=int(self.gui["sh_degree"].value),
+                background=torch.tensor(bg, device=self.device, dtype=torch.float32),
+                options=self.render_options(),
+                crop=self.crop_box(),
+            )
+        image = frame_image(out, mode, bg)
+        if not with_depth:
+            return image
+        depth = out.depth[0, ..., 0].float().cpu().numpy() if out.depth is not None else np.full(image.shape[:2], empty_depth, np.float32)
+        depth = np.where(out.alpha[0, ..., 0].cpu().numpy() > 0.5, np.minimum(depth, empty_depth), empty_depth).astype(np.float32)
+        return image, depth
+
+    def invalidate(self) -> None:
+        """Every browser gets a new full-resolution frame (settings or the model changed)."""
+        for renderer in list(self.clients.values()):
+            renderer.invalidate()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._playing.clear()
+        for renderer in list(self.clients.values()):
+            renderer.stop()
+        self.server.stop()
+
+    def wait_for_client(self, timeout: float = 30.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.clients:
+                return next(iter(self.clients.values()))
+            time.sleep(0.05)
+        return None
+
+    # ------------------------------------------------------------------ scene
+    def _setup_scene(self) -> None:
+        t = self.target
+        scene = self.server.scene
+        up = t.up
+        if t.cameras is not None and len(t.cameras) > 0:
+            ups = -t.cameras.cam_to_world[:, :3, 1].double().cpu().numpy()
+            mean_up = ups.mean(0)
+            if np.linalg.norm(mean_up) > 1e-6:
+                up = tuple(float(x) for x in mean_up / np.linalg.norm(mean_up))
+        scene.set_up_direction(up)
+        self.frusta = []
+        self._hidden_frustum = None
+        if t.cameras is not None:
+            scale = 0.06 * self.radius
+            for j in range(len(t.cameras)):
+                wxyz, pos, fov, aspect = camera_pose(t.cameras, j)
+                thumb = t.thumbnails[j] if j < len(t.thumbnails) else None
+                handle = scene.add_camera_frustum(
+                    f"/training_cameras/{j:04d}", fov=fov, aspect=aspect, scale=scale, thickness=1.5, thickness_units="screen", image=thumb,
+                    format="jpeg", jpeg_quality=80, wxyz=wxyz, position=pos, color=(60, 120, 220),
+                )
+                handle.on_click(lambda event, j=j: self.look_through(event.client, j))
+                self.frusta.append(handle)
+            wxyz, pos, fov, _ = camera_pose(t.cameras, 0)
+            fwd = pose_c2w(wxyz, pos)[:3, 2]
+            self.server.initial_camera.position = tuple(pos)
+            self.server.initial_camera.look_at = tuple(pos + fwd * max(float(np.linalg.norm(self.center - pos)), 1e-3))
+            self.server.initial_camera.fov = fov
+            self._hidden_frustum = 0
+            self.frusta[0].visible = False
+        else:
+            direction = np.array([1.0, -1.0, 0.8]) / np.linalg.norm([1.0, -1.0, 0.8])
+            self.server.initial_camera.position = tuple(self.center + direction * 2.5 * self.radius)
+            self.server.initial_camera.look_at = tuple(self.center)
+        self.crop_box_handle = None
+        self.path_nodes: list = []
+
+    def look_through(self, client, j: int) -> None:
+        """Moves a browser's camera onto training camera ``j`` (its pose and field of view)."""
+        wxyz, pos, fov, _ = camera_pose(self.target.cameras, j)
+        self._hide_frustum(j)
+        with client.atomic():
+            client.camera.fov = fov
+            client.camera.position = pos
+            client.camera.wxyz = wxyz
+
+    # ------------------------------------------------------------------ GUI
+    def _build_gui(self) -> None:
+        gui = self.server.gui
+        t = self.target
+        gui.configure_theme(control_width="medium", show_logo=False, show_share_button=False)
+        gui.main_panel.dock_right()  # beside the 3D view, not over it
+        g: dict = {}
+        self.gui = g
+        with gui.add_folder("Render"):
+            g["mode"] = gui.add_dropdown("Render mode", RENDER_MODES, initial_value="rgb")
+            bg = tuple(int(round(c * 255)) for c in t.background)
+            g["background"] = gui.add_rgb("Background", bg)
+            max_sh = int(getattr(getattr(t.model, "cfg", None), "sh_degree", 0) or 0)
+            g["sh_degree"] = gui.add_slider("SH degree", 0, max(max_sh, 1), 1, max_sh, disabled=max_sh == 0)
+            g["max_res"] = gui.add_slider("Max resolution", 128, 2048, 64, 1024, hint="Longest side of a still frame, in pixels.")
+        self.control_handles = {}
+        controls = t.model.viewer_controls() if hasattr(t.model, "viewer_controls") else []
+        if controls:
+            with gui.add_folder(getattr(t.model, "name", "Model")):
+                for c in controls:
+                    if c.kind == "slider":
+                        h = gui.add_slider(c.label, c.min, c.max, c.step, c.default, hint=c.hint)
+                    elif c.kind == "checkbox":
+                        h = gui.add_checkbox(c.label, bool(c.default), hint=c.hint)
+                    else:
+                        h = gui.add_dropdown(c.label, c.options, initial_value=c.default, hint=c.hint)
+                    self.control_handles[c.key] = h
+        for h in [g["mode"], g["background"], g["sh_degree"], g["max_res"], *self.control_handles.values()]:
+            h.on_update(lambda _e: self.invalidate())
+
+        if self.live:
+            with gui.add_folder("Training"):
+                g["training"] = gui.add_markdown("waiting for the first step")
+                g["pause"] = gui.add_button("Pause training", icon=None)
+                g["pause"].on_click(lambda _e: self.toggle_pause())
+
+        with gui.add_folder("Scene"):
+            g["stats"] = gui.add_markdown(self._stats_markdown())
+            if t.cameras is not None:
+                g["show_cameras"] = gui.add_checkbox("Show training cameras", True)
+                g["show_cameras"].on_update(lambda _e: self._show_cameras(g["show_cameras"].value))
+                names = [f"{j}: {n}" for j, n in enumerate(t.camera_names)]
+                g["camera"] = gui.add_dropdown("Training camera", names, initial_value=names[0])
+                g["look"] = gui.add_button("Look through camera")
+                g["look"].on_click(lambda e: self.look_through(e.client, names.index(g["camera"].value)))
+
+        with gui.add_folder("Crop", expand_by_default=False):
+            lo, hi = self.center - self.radius, self.center + self.radius
+            g["crop"] = gui.add_checkbox("Crop to box", False)
+            step = float(10 ** math.floor(math.log10(max(self.radius, 1e-6) / 100)))
+            g["crop_min"] = gui.add_vector3("Box min", tuple(float(x) for x in lo), step=step)
+            g["crop_max"] = gui.add_vector3("Box max", tuple(float(x) for x in hi), step=step)
+            can_export = hasattr(t.model, "export_params")
+            g["crop_format"] = gui.add_dropdown("Export format", SCENE_FORMATS, initial_value="ply", disabled=not can_export)
+            g["crop_file"] = gui.add_text("Export file", str(t.output_dir / "exports" / "crop.ply"), disabled=not can_export)
+            g["crop_export"] = gui.add_button("Export crop", disabled=not can_export)
+            for h in (g["crop"], g["crop_min"], g["crop_max"]):
+                h.on_update(lambda _e: self._crop_changed())
+            g["crop_format"].on_update(lambda _e: self._crop_format_changed())
+            g["crop_export"].on_click(lambda e: self._run_in_thread(self.export_crop, e.client))
+
+        with gui.add_folder("Camera path", expand_by_default=False):
+            g["path_info"] = gui.add_markdown("0 keyframes")
+            g["kf_add"] = gui.add_button("Add keyframe (current view)")
+            g["kf_remove"] = gui.add_button("Remove last keyframe")
+            g["kf_clear"] = gui.add_button("Clear keyframes")
+            g["path_seconds"] = gui.add_number("Duration (s)", 4.0, min=0.1, max=600.0, step=0.1)
+            g["path_fps"] = gui.add_number("Frame rate", 30, min=1, max=120, step=1)
+            g["path_width"] = gui.add_number("Video width", 1280, min=16, max=8192, step=2)
+            g["path_height"] = gui.add_number("Video height", 720, min=16, max=8192, step=2)
+            g["path_loop"] = gui.add_checkbox("Loop", False)
+            g["path_play"] = gui.add_button("Play")
+            g["path_file"] = gui.add_text("Path file", str(t.output_dir / "camera_path.json"))
+            g["path_save"] = gui.add_button("Save path")
+            g["path_load"] = gui.add_button("Load path")
+            g["video_file"] = gui.add_text("Video file", str(t.output_dir / "renders" / "camera_path.mp4"))
+            g["video_render"] = gui.add_button("Render video")
+            g["video_progress"] = gui.add_progress_bar(0.0, visible=False)
+            g["kf_add"].on_click(lambda e: self.add_keyframe(e.client))
+            g["kf_remove"].on_click(lambda _e: self._set_keyframes(self.path.keyframes[:-1]))
+            g["kf_clear"].on_click(lambda _e: self._set_keyframes([]))
+            g["path_play"].on_click(lambda _e: self.toggle_play())
+            g["path_save"].on_click(lambda e: self._guarded(e.client, lambda: self.save_path(Path(g["path_file"].value))))
+            g["path_load"].on_click(lambda e: self._guarded(e.client, lambda: self.load_path(Path(g["path_file"].value))))
+            g["video_render"].on_click(lambda e: self._run_in_thread(self.render_video, e.client))
+            for h in (g["path_seconds"], g["path_fps"], g["path_width"], g["path_height"], g["path_loop"]):
+                h.on_update(lambda _e: self._sync_path_settings())
+
+    def _stats_markdown(self) -> str:
+        rows = dict(self.target.info)
+        rows.update(self.target.model.viewer_stats() if hasattr(self.target.model, "viewer_stats") else {})
+        if self.target.cameras is not None:
+            rows["training cameras"] = str(len(self.target.cameras))
+        if self.last_render is not None:
+            w, h, s = self.last_render
+            rows["last frame"] = f"{w}x{h} in {s * 1000:.0f} ms"
+        return "\n".join(f"- **{k}**: {v}" for k, v in rows.items())
+
+    def _tick(self) -> None:
+        last_stats = ""
+        while not self._stopped:
+            time.sleep(0.5)
+            if self._stopped:
+                return
+            try:
+                with self.lock:
+                    text = self._stats_markdown()
+                if text != last_stats:
+                    self.gui["stats"].content = text
+                    last_stats = text
+                if self.live and self.training:
+                    t = self.training
+                    state = "paused" if self.paused.is_set() else ("finished" if t.get("finished") else "training")
+                    self.gui["training"].content = (
+                        f"**{state}** - step {t['step']:,} / {t['max_steps']:,}\n\n"
+                        f"- loss {t['loss']:.4f}\n- PSNR {t['psnr']:.2f} dB\n- primitives {t['num']:,}\n- {t['elapsed']:.0f} s"
+                    )
+            except Exception:  # the stats must never stop the viewer
+                log.exception("stats update failed")
+
+    def _show_cameras(self, visible: bool) -> None:
+        for j, h in enumerate(self.frusta):
+            h.visible = visible and j != self._hidden_frustum
+
+    def _hide_frustum(self, j: int | None) -> None:
+        """Hides the frustum of the camera being looked through (it would cover the view)."""
+        self._hidden_frustum = j
+        self._show_cameras(self.gui["show_cameras"].value if "show_cameras" in self.gui else True)
+
+    # ------------------------------------------------------------------ crop
+    def _crop_changed(self) -> None:
+        box = self.crop_box()
+        if box is None:
+            if self.crop_box_handle is not None:
+                self.crop_box_handle.visible = False
+        else:
+            lo, hi = box
+            if self.crop_box_handle is not None:
+                self.crop_box_handle.remove()
+            self.crop_box_handle = self.server.scene.add_box(
+                "/crop_box", color=(255, 170, 0), dimensions=tuple(np.maximum(hi - lo, 1e-6)), wireframe=True, position=tuple((lo + hi) / 2)
+            )
+        self.invalidate()
+
+    def _crop_format_changed(self) -> None:
+        fmt = self.gui["crop_format"].value
+        current = Path(self.gui["crop_file"].value)
+        stem = current.name
+        for suffix in sorted(FORMAT_SUFFIX.values(), key=len, reverse=True):
+            if stem.endswith(suffix):
+                stem = stem[: -len(suffix)]
+                break
+        self.gui["crop_file"].value = str(current.with_name(stem + FORMAT_SUFFIX[fmt]))
+
+    def export_crop(self, client=None) -> Path:
+        """Writes the Gaussians inside the crop box (all of them when cropping is off), in the input frame."""
+        from scene3d.export.formats import get_format
+
+        path = Path(self.gui["crop_file"].value)
+        fmt = self.gui["crop_format"].value
+        with self.lock:
+            params = self.target.model.export_params(crop=self.crop_box())
+        if params["means"].shape[0] == 0:
+            raise ValueError("the crop box holds no Gaussians")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        get_format(fmt).write(path, params, transform=self.target.to_input)
+        if client is not None:
+            client.add_notification("Crop exported", f"{params['means'].shape[0]:,} Gaussians -> {path}", auto_close_seconds=6.0)
+        return path
+
+    # ------------------------------------------------------------------ camera paths
+    def add_keyframe(self, client) -> None:
+        cam = client.camera
+        c2w = transform_c2w(pose_c2w(cam.wxyz, cam.position), self.target.to_input)
+        key = Keyframe(c2w[:3, 3].copy(), matrix_to_quat(c2w[:3, :3]), math.degrees(float(cam.fov)))
+        self._set_keyframes([*self.path.keyframes, key])
+
+    def _sync_path_settings(self) -> None:
+        g = self.gui
+        self.path.seconds = float(g["path_seconds"].value)
+        self.path.fps = float(g["path_fps"].value)
+        self.path.width = int(g["path_width"].value)
+        self.path.height = int(g["path_height"].value)
+        self.path.loop = bool(g["path_loop"].value)
+        self._draw_path()
+
+    def _set_keyframes(self, keys: list[Keyframe]) -> None:
+        self.path.keyframes = list(keys)
+        self.gui["path_info"].content = f"{len(keys)} keyframe{'s' if len(keys) != 1 else ''}"
+        self._draw_path()
+
+    def _draw_path(self) -> None:
+        for node in self.path_nodes:
+            node.remove()
+        self.path_nodes = []
+        scene, to_model = self.server.scene, self.target.to_model
+        scale = 0.05 * self.radius
+        aspect = self.path.width / max(self.path.height, 1)
+        for j, k in enumerate(self.path.keyframes):
+            c2w = transform_c2w(k.c2w(), to_model)
+            self.path_nodes.append(
+                scene.add_camera_frustum(f"/camera_path/key_{j:03d}", fov=math.radians(k.fov), aspect=aspect, scale=scale, thickness=1.5, thickness_units="screen",
+                                         wxyz=matrix_to_quat(c2w[:3, :3]), position=c2w[:3, 3], color=(230, 80, 40))
+            )
+        if len(self.path.keyframes) >= 2:
+            c2ws, _ = self.path.poses(max(8 * len(self.path.keyframes), 32))
+            pts = np.stack([transform_c2w(c, to_model)[:3, 3] for c in c2ws])
+            if self.path.loop:
+                pts = np.concatenate([pts, pts[:1]])
+            self.path_nodes.append(scene.add_spline_catmull_rom("/camera_path/spline", pts, color=(230, 80, 40), thickness=0.01 * self.radius))
+
+    def save_path(self, path: Path) -> Path:
+        self._sync_path_settings()
+        if not self.path.keyframes:
+            raise ValueError("add at least one keyframe first")
+        return self.path.save(path)
+
+    def load_path(self, path: Path) -> None:
+        loaded = CameraPath.load(path)
+        g = self.gui
+        g["path_seconds"].value, g["path_fps"].value = loaded.seconds, loaded.fps
+        g["path_width"].value, g["path_height"].value, g["path_loop"].value = loaded.width, loaded.height, loaded.loop
+        self.path = loaded
+        self._set_keyframes(loaded.keyframes)
+
+    def toggle_play(self) -> None:
+        if self._playing.is_set():
+            self._playing.clear()
+            return
+        self._sync_path_settings()
+        if not self.path.keyframes:
+            return
+        self._playing.set()
+        self.gui["path_play"].label = "Stop"
+        threading.Thread(target=self._play, daemon=True).start()
+
+    def _play(self) -> None:
+        try:
+            c2ws, fovs = self.path.poses()
+            to_model = self.target.to_model
+            while self._playing.is_set():
+                for c2w, fov in zip(c2ws, fovs):
+                    if not self._playing.is_set():
+                        break
+                    m = transform_c2w(c2w, to_model)
+                    for renderer in list(self.clients.values()):
+                        cam = renderer.client.camera
+                        with renderer.client.atomic():
+                            cam.fov = math.radians(fov)
+                            cam.position = m[:3, 3]
+                            cam.wxyz = matrix_to_quat(m[:3, :3])
+                    time.sleep(1.0 / max(self.path.fps, 1.0))
+                if not self.path.loop:
+                    break
+        finally:
+            self._playing.clear()
+            self.gui["path_play"].label = "Play"
+
+    def render_video(self, client=None) -> Path:
+        """Renders the camera path to the video file with the current render settings."""
+        from scene3d.render import write_video
+
+        self._sync_path_settings()
+        if not self.path.keyframes:
+            raise ValueError("add at least one keyframe first")
+        out = Path(self.gui["video_file"].value)
+        cams = self.path.cameras(self.target.to_model)
+        bar = self.gui["video_progress"]
+        bar.visible, bar.value = True, 0.0
+        n = len(cams)
+
+        def frames():
+            for i in range(n):
+                yield self.render_image(cams[i])
+                bar.value = 100.0 * (i + 1) / n
+
+        try:
+            write_video(frames(), out, fps=int(round(self.path.fps)))
+        finally:
+            bar.visible = False
+        if client is not None:
+            client.add_notification("Video written", f"{n} frames -> {out}", auto_close_seconds=6.0)
+        return out
+
+    # ------------------------------------------------------------------ live training
+    def toggle_pause(self) -> None:
+        if self.paused.is_set():
+            self.paused.clear()
+            self.gui["pause"].label = "Pause training"
+        else:
+            self.paused.set()
+            self.gui["pause"].label = "Resume training"
+
+    def wait_while_paused(self) -> None:
+        while self.paused.is_set() and not self._stopped:
+            time.sleep(0.05)
+
+    def training_update(self, **stats) -> None:
+        """Called by the trainer after each step (cheap: the numbers are pushed by the stats thread)."""
+        self.training = stats
+        self.version += 1
+
+    # ------------------------------------------------------------------ clients
+    def _connect(self, client) -> None:
+        with self._clients_lock:
+            self.clients[client.client_id] = _ClientRenderer(self, client)
+
+    def _disconnect(self, client) -> None:
+        with self._clients_lock:
+            renderer = self.clients.pop(client.client_id, None)
+        if renderer is not None:
+            renderer.stop()
+
+    def _guarded(self, client, fn) -> None:
+        try:
+            fn()
+        except Exception as e:
+            log.warning("viewer action failed: %s", e)
+            if client is not None:
+                client.add_notification("Failed", str(e), color="red", auto_close_seconds=8.0)
+
+    def _run_in_thread(self, fn, client) -> None:
+        threading.Thread(target=self._guarded, args=(client, lambda: fn(client)), daemon=True).start()
+
+
+def start_live_viewer(trainer, host: str = "127.0.0.1", port: int = 8080) -> ViewerServer:
+    """A viewer on a trainer's model (``scene3d train --viewer``); the trainer holds its lock per step."""
+    from scene3d.viewer.target import attach_cameras
+
+    ds = trainer.ds
+    info = {"run": trainer.run_dir.name, "model": trainer.spec.model, "strategy": trainer.spec.strategy}
+    target = ViewTarget(trainer.model, trainer.run_dir, "run", np.linalg.inv(np.asarray(ds.transform, dtype=np.float64)), output_dir=trainer.run_dir, info=info)
+    attach_cameras(target, ds)
+    return ViewerServer(target, host=host, port=port, device=trainer.device, live=True)
+
+
+def view_command(target_path: Path, host: str = "127.0.0.1", port: int = 8080, device: str = "auto", up: str = "auto") -> None:
+    """``scene3d view``: checks and loads the target first, then serves it until Ctrl+C."""
+    from rich.console import Console
+
+    from scene3d.train.trainer import pick_device
+    from scene3d.viewer.target import load_target
+
+    dev = pick_device(device)
+    target = load_target(Path(target_path), dev)
+    if up != "auto":
+        target.up = up
+    viewer = ViewerServer(target, host=host, port=port, device=dev)
+    console = Console()
+    console.print(f"[bold]scene3d view[/]: {target.source} ({target.kind}) at [link]{viewer.url}[/link]  (Ctrl+C to stop)")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"listening on {host}: anyone who can reach this machine on port {viewer.port} can see the scene")
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        viewer.stop()
