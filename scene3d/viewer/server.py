@@ -269,6 +269,7 @@ class ViewerServer:
             self.server.initial_camera.position = tuple(pos)
             self.server.initial_camera.look_at = tuple(pos + fwd * max(float(np.linalg.norm(self.center - pos)), 1e-3))
             self.server.initial_camera.fov = fov
+            self.server.initial_camera.up = tuple(-pose_c2w(wxyz, pos)[:3, 1])
             self._hidden_frustum = 0
             self.frusta[0].visible = False
         else:
@@ -282,10 +283,12 @@ class ViewerServer:
         """Moves a browser's camera onto training camera ``j`` (its pose and field of view)."""
         wxyz, pos, fov, _ = camera_pose(self.target.cameras, j)
         self._hide_frustum(j)
+        up = -pose_c2w(wxyz, pos)[:3, 1]
         with client.atomic():
             client.camera.fov = fov
             client.camera.position = pos
             client.camera.wxyz = wxyz
+            client.camera.up_direction = up  # the camera's own roll, not the scene's up
 
     # ------------------------------------------------------------------ GUI
     def _build_gui(self) -> None:
@@ -636,10 +639,10 @@ def view_command(target_path: Path, host: str = "127.0.0.1", port: int = 8080, d
         target.up = up
     viewer = ViewerServer(target, host=host, port=port, device=dev)
     console = Console()
-    console.print(f"[bold]scene3d view[/]: {target.source} ({target.kind}) at [link]{viewer.url}[/link]  (Ctrl+C to stop)")
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        console.print(f"listening on {host}: anyone who can reach this machine on port {viewer.port} can see the scene")
     try:
+        console.print(f"[bold]scene3d view[/]: {target.source} ({target.kind}) at [link]{viewer.url}[/link]  (Ctrl+C to stop)")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            console.print(f"listening on {host}: anyone who can reach this machine on port {viewer.port} can see the scene")
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:
