@@ -105,7 +105,7 @@ def training_overhead(run: Path, steps: int, device: str) -> dict:
                         viewer.wait_while_paused()
                         with viewer.lock:
                             stats = trainer.train_step()
-                        viewer.training_update(step=trainer.step, max_steps=steps, loss=stats["loss"], psnr=stats["psnr"], num=trainer.model.num_gaussians, elapsed=0.0)
+                        viewer.training_update(step=trainer.step, max_steps=steps, loss=stats["loss"], psnr=stats["psnr"], model=trainer.model.describe(), elapsed=0.0)
                     else:
                         trainer.train_step()
                 result[label] = (time.perf_counter() - t0) / steps

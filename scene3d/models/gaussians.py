@@ -121,6 +121,13 @@ class GaussianModel(nn.Module):
     def num_gaussians(self) -> int:
         return int(self.params["means"].shape[0])
 
+    def train_stats(self) -> dict:
+        """What a training log line records about the model."""
+        return {"num_gaussians": self.num_gaussians}
+
+    def describe(self) -> str:
+        return f"gaussians {self.num_gaussians:,}"
+
     @property
     def sh_coeffs(self) -> Tensor:
         return torch.cat([self.params["sh0"], self.params["shN"]], dim=1)

@@ -44,6 +44,23 @@ PRESETS: dict[str, dict[str, dict]] = {
             "data": {"downscale": 2},
         },
     },
+    "slimmerf": {
+        # The reference code's NeRF-synthetic recipe: 30k steps of 4096 rays, grids 128^3 -> 300^3.
+        "default": {},
+        "cpu": {
+            # What two CPU cores train in about 20 minutes (lego at 200x200): smaller batches and
+            # grids, the same schedule compressed.
+            "train": {"max_steps": 4000},
+            "model": {
+                "batch_rays": 2048,
+                "grid_init": 64,
+                "grid_final": 192,
+                "upsample_steps": (400, 800, 1200, 1800, 2400),
+                "alpha_mask_steps": (400, 1200),
+                "rank_cooldown": 50,
+            },
+        },
+    },
 }
 
 
@@ -106,8 +123,10 @@ def describe() -> str:
 
 def train_main(argv: list[str]) -> dict:
     args = list(argv)
+    from scene3d.models import DEFAULT_STRATEGY
+
     model_name = _pop_option(args, "--model", "3dgs")
-    strategy_name = _pop_option(args, "--strategy", "adc")
+    strategy_name = _pop_option(args, "--strategy", DEFAULT_STRATEGY.get(model_name, "none"))
     preset = _pop_option(args, "--preset", "default")
     cls = build_args_class(model_name, strategy_name, preset)
     parsed = tyro.cli(cls, args=args, prog="scene3d train", description=describe())
@@ -125,7 +144,7 @@ def run_training(scene, output, model_name, model_cfg, strategy_name, strategy, 
     console.print(
         f"[bold]scene3d train[/] {model_name} + {strategy_name} on {ds.root} ({ds.format}, {len(ds.train_indices)} train / "
         f"{len(ds.test_indices)} test images at {int(ds.cameras.width[0])}x{int(ds.cameras.height[0])}), "
-        f"{trainer.model.num_gaussians:,} initial primitives, device {trainer.device}"
+        f"{trainer.model.describe()} at the start, device {trainer.device}"
         + (f", resuming at step {trainer.step}" if train_cfg.resume else "")
     )
     viewer = None
@@ -139,7 +158,7 @@ def run_training(scene, output, model_name, model_cfg, strategy_name, strategy, 
         result = trainer.fit()
         console.print(
             f"[bold green]done[/]: {result['steps']} steps in {result['train_seconds']} s ({result['stopped_by']}); "
-            f"{result['eval_split']} PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f}, {result['num_gaussians']:,} primitives -> {output}"
+            f"{result['eval_split']} PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f}, {trainer.model.describe()} -> {output}"
         )
         if viewer is not None and train_cfg.viewer_wait:
             viewer.training = {**viewer.training, "finished": True}

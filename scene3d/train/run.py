@@ -46,6 +46,8 @@ def create_trainer(scene: Path, output: Path, model_name: str, model_cfg, strate
     """A trainer for a new run in ``output`` (or the run there, with ``train_cfg.resume``)."""
     check_model_name(model_name)
     check_strategy_name(strategy_name)
+    if model_name != "3dgs" and strategy_name != "none":
+        raise Scene3dError(f"--strategy {strategy_name} densifies Gaussians; the {model_name} model trains with --strategy none")
     latest = output / "checkpoints" / "latest.pt"
     if train_cfg.resume:
         if not latest.is_file():
@@ -86,6 +88,11 @@ def _to(state, device):
     return state
 
 
+def model_state(state: dict) -> dict:
+    """A checkpoint's model state without the optimiser state (what viewing and evaluating need)."""
+    return {k: v for k, v in state["model"].items() if k != "optimizers"}
+
+
 def load_run(run_dir: Path, device: str = "auto", data_overrides: dict | None = None):
     """(spec, dataset, model) of a trained run folder, the model from checkpoints/latest.pt."""
     run_dir = Path(run_dir)
@@ -95,7 +102,7 @@ def load_run(run_dir: Path, device: str = "auto", data_overrides: dict | None = 
     state = ckpt.load(run_dir / "checkpoints" / "latest.pt")
     dev = pick_device(device)
     cfg_cls = MODELS[check_model_name(spec.model)]
-    model = model_class(spec.model).from_state(_to({"params": state["model"]["params"], "scene_scale": state["model"]["scene_scale"]}, dev), cfg_cls(**spec.model_cfg))
+    model = model_class(spec.model).from_state(_to(model_state(state), dev), cfg_cls(**spec.model_cfg))
     data_cfg = {**spec.data_cfg, **(data_overrides or {})}
     data_cfg["background"] = tuple(data_cfg["background"])
     ds = prepare_dataset(Path(spec.scene), DataConfig(**data_cfg), spec.model)

@@ -157,7 +157,48 @@ class Trainer:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def pixel_targets(self, cam: torch.Tensor, x: torch.Tensor, y: torch.Tensor, bg: torch.Tensor | None) -> torch.Tensor:
+        """[n, 3] target colours of pixels (x, y) of images ``cam`` (composited on ``bg``)."""
+        out = torch.empty(cam.shape[0], 3, device=self.device)
+        for i in torch.unique(cam).tolist():
+            sel = (cam == i).nonzero(as_tuple=True)[0]
+            img = self.target(int(i), bg)[0]
+            out[sel] = img[y[sel].to(self.device), x[sel].to(self.device)]
+        return out
+
+    def ray_train_step(self) -> dict:
+        """One step of a ray-based model: a random batch of rays across the training images."""
+        from scene3d.renderers.rays import pixel_rays, sample_pixels
+
+        cfg, step, model = self.cfg, self.step, self.model
+        model.update_learning_rates(step, cfg.max_steps)
+        g = step_generator(cfg.seed, step)
+        cam, x, y = sample_pixels(self.ds.cameras, self.ds.train_indices, model.cfg.batch_rays, g)
+        origins, dirs = pixel_rays(self.ds.cameras, cam, x, y)
+        bg = self.background(step)
+        gt = self.pixel_targets(cam, x, y, bg)
+        out = model.train_rays(origins.to(self.device), dirs.to(self.device), bg, g)
+        mse = torch.mean((out.rgb - gt) ** 2)
+        loss = mse
+        reg = model.regularization(step)
+        if reg is not None:
+            loss = loss + reg
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"the loss became {loss.item()} at step {step}; training stopped and the last good checkpoint "
+                f"({self.latest}) was kept. Try a lower learning rate or a different seed"
+            )
+        loss.backward()
+        for opt in model.optimizers.values():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        model.after_step(step, float(mse.detach()), cfg.max_steps, self.ds)
+        self.step += 1
+        return {"loss": float(loss.detach()), "psnr": float(-10 * torch.log10(mse.detach().clamp_min(1e-10)))}
+
     def train_step(self) -> dict:
+        if getattr(self.model, "ray_based", False):
+            return self.ray_train_step()
         cfg, step = self.cfg, self.step
         self.model.update_learning_rates(step, cfg.max_steps)
         i = image_for_step(self.ds.train_indices, cfg.seed, step)
@@ -220,7 +261,7 @@ class Trainer:
                 except RuntimeError as e:
                     if "out of memory" in str(e).lower() or "can't allocate memory" in str(e).lower():
                         raise Scene3dError(
-                            f"ran out of memory at step {self.step} with {self.model.num_gaussians} Gaussians; "
+                            f"ran out of memory at step {self.step} ({self.model.describe()}); "
                             "lower the resolution (--downscale) or cap the count (--strategy.max-gaussians)"
                         ) from None
                     raise
@@ -228,10 +269,10 @@ class Trainer:
                 ema_loss = stats["loss"] if ema_loss is None else 0.9 * ema_loss + 0.1 * stats["loss"]
                 ema_psnr = stats["psnr"] if ema_psnr is None else 0.9 * ema_psnr + 0.1 * stats["psnr"]
                 if self.viewer is not None:
-                    self.viewer.training_update(step=self.step, max_steps=cfg.max_steps, loss=ema_loss, psnr=ema_psnr, num=self.model.num_gaussians, elapsed=self.elapsed)
+                    self.viewer.training_update(step=self.step, max_steps=cfg.max_steps, loss=ema_loss, psnr=ema_psnr, model=self.model.describe(), elapsed=self.elapsed)
                 if self.step % cfg.log_every == 0 or self.step == 1:
-                    self.log({"step": self.step, "split": "train", "loss": stats["loss"], "psnr": stats["psnr"], "num_gaussians": self.model.num_gaussians, "elapsed": round(self.elapsed, 3)})
-                    bar.update(task, completed=self.step, stats=f"loss {ema_loss:.4f}  psnr {ema_psnr:.2f}  gaussians {self.model.num_gaussians:,}")
+                    self.log({"step": self.step, "split": "train", "loss": stats["loss"], "psnr": stats["psnr"], **self.model.train_stats(), "elapsed": round(self.elapsed, 3)})
+                    bar.update(task, completed=self.step, stats=f"loss {ema_loss:.4f}  psnr {ema_psnr:.2f}  {self.model.describe()}")
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
                     self.evaluate(save_renders=False)
                 if cfg.save_every and self.step % cfg.save_every == 0:
@@ -276,6 +317,7 @@ def evaluate_model(model, ds, device, background_mode: str = "auto", renders_dir
         "psnr": float(np.mean(psnrs)),
         "ssim": float(np.mean(ssims)),
         "num_gaussians": getattr(model, "num_gaussians", None),
+        **({} if hasattr(model, "num_gaussians") else {"rank": getattr(model, "rank", None)}),
         "num_images": len(indices),
         "eval_split": split,
     }

@@ -405,7 +405,7 @@ class ViewerServer:
                     state = "paused" if self.paused.is_set() else ("finished" if t.get("finished") else "training")
                     self.gui["training"].content = (
                         f"**{state}** - step {t['step']:,} / {t['max_steps']:,}\n\n"
-                        f"- loss {t['loss']:.4f}\n- PSNR {t['psnr']:.2f} dB\n- primitives {t['num']:,}\n- {t['elapsed']:.0f} s"
+                        f"- loss {t['loss']:.4f}\n- PSNR {t['psnr']:.2f} dB\n- {t['model']}\n- {t['elapsed']:.0f} s"
                     )
             except Exception:  # the stats must never stop the viewer
                 log.exception("stats update failed")

@@ -91,7 +91,9 @@ def _load_run(run: Path, device, max_thumbnails: int) -> ViewTarget:
     state = ckpt.load(latest)
     try:
         cfg = MODELS[check_model_name(spec.model)](**spec.model_cfg)
-        model = model_class(spec.model).from_state({"params": {k: v.to(device) for k, v in state["model"]["params"].items()}, "scene_scale": state["model"]["scene_scale"]}, cfg)
+        from scene3d.train.run import _to, model_state
+
+        model = model_class(spec.model).from_state(_to(model_state(state), device), cfg)
     except (KeyError, TypeError) as e:
         raise DataError(latest, f"does not hold a {spec.model} model ({type(e).__name__}: {e})") from None
     to_input = np.linalg.inv(np.asarray(state["dataset"]["transform"], dtype=np.float64))

@@ -1,0 +1,435 @@
+"""SlimmeRF (Yuan & Zhao, "SlimmeRF: Slimmable Radiance Fields", 3DV 2024): the ``slimmerf``
+representation.
+
+The field is TensoRF's vector-matrix (VM) decomposition (Chen et al. 2022). For each of the three
+axis-aligned planes p (XY, XZ, YZ) and the complementary axis line, component c contributes
+``M_c^p(u, v) * v_c^p(w)``; the density feature is the sum over planes and R components, the
+appearance feature the 3 x 3R products mapped by a linear basis to ``app_dim`` channels, which a
+small MLP (with frequency encodings of the feature and of the view direction) turns into colour.
+Density is ``softplus(feature + density_shift) * distance_scale`` per unit of normalised distance.
+
+Tensorial Rank Incrementation (TRaIn): training starts at rank (1, 3) (density, appearance) and
+adds (1, 3) whenever the relative change of the batch loss between consecutive steps exceeds
+``rank_upsilon`` (at most once every ``rank_cooldown`` steps). Components above the current rank
+are multiplied by ``rank_epsilon`` rather than zeroed, so they keep learning (slowly) before they
+are switched on. Because components are ordered by when they were switched on, the first r of them
+form a model of rank r on their own: slimming at test time keeps the first r density and 3r
+appearance components (and the basis columns that read them), with no retraining.
+
+Where this departs from the reference code: the mask scales each component's plane x line product
+once (the reference masks both factors, i.e. scales by epsilon squared); the sampler skips empty
+space with an occupancy grid refreshed every ``occupancy_every`` steps (nerfacc-style) from the
+start, and TensoRF's alpha mask is that grid rebuilt at ``alpha_mask_steps`` (the first also
+shrinks the box to the occupied region); the appearance network runs only where the rendering
+weight exceeds ``weight_threshold``, as TensoRF does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from scene3d.cameras import Cameras
+from scene3d.models.config import SlimmeRFConfig
+
+MAT_MODES = ((0, 1), (0, 2), (1, 2))  # plane p spans these axes (u -> width, v -> height)
+VEC_MODES = (2, 1, 0)  # ... and its line runs along this one
+
+
+def n_to_reso(n_voxels: float, aabb: Tensor) -> list[int]:
+    """Grid size per axis holding about ``n_voxels`` cubic voxels in the box."""
+    size = (aabb[1] - aabb[0]).double()
+    voxel = (size.prod() / n_voxels) ** (1.0 / 3.0)
+    return [max(int(v), 2) for v in (size / voxel).round().tolist()]
+
+
+def positional_encoding(x: Tensor, freqs: int) -> Tensor:
+    bands = (2.0 ** torch.arange(freqs, device=x.device, dtype=x.dtype)) * math.pi
+    y = (x[..., None] * bands).reshape(*x.shape[:-1], -1)
+    return torch.cat([torch.sin(y), torch.cos(y)], dim=-1)
+
+
+class SlimmeRFModel(nn.Module):
+    """A TensoRF-VM field with a current rank, trained by rays."""
+
+    name = "slimmerf"
+    ray_based = True
+
+    def __init__(self, cfg: SlimmeRFConfig, aabb: Tensor, grid_size: list[int], rank: int | None = None):
+        super().__init__()
+        self.cfg = cfg
+        R = cfg.rank
+        self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3).clone())
+        self.grid_size = [int(g) for g in grid_size]
+        self.rank = int(cfg.init_rank if rank is None else rank)
+        g = torch.Generator().manual_seed(0)
+
+        def planes(n):
+            return nn.ParameterList([nn.Parameter(0.1 * torch.randn(1, n, self.grid_size[b], self.grid_size[a], generator=g)) for a, b in MAT_MODES])
+
+        def lines(n):
+            return nn.ParameterList([nn.Parameter(0.1 * torch.randn(1, n, self.grid_size[v], 1, generator=g)) for v in VEC_MODES])
+
+        self.density_planes, self.density_lines = planes(R), lines(R)
+        self.app_planes, self.app_lines = planes(3 * R), lines(3 * R)
+        self.basis = nn.Linear(3 * 3 * R, cfg.app_dim, bias=False)
+        n_in = cfg.app_dim + 3 + 2 * cfg.fea_pe * cfg.app_dim + 2 * cfg.view_pe * 3
+        self.mlp = nn.Sequential(nn.Linear(n_in, cfg.hidden), nn.ReLU(inplace=True), nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU(inplace=True), nn.Linear(cfg.hidden, 3))
+        nn.init.constant_(self.mlp[-1].bias, 0.0)
+        self.occupancy = None  # an OccupancyGrid once training or loading made one
+        self.step_size = self._step_size()
+        self.last_loss: float | None = None
+        self.last_rank_step = -10**9
+        self.upsample_index = 0
+        self.lr_reset_step = 0
+        self.l1_weight = cfg.l1_weight_initial
+        self.optimizers = self._make_optimizers()
+
+    # ------------------------------------------------------------------ creation and state
+    @classmethod
+    def from_dataset(cls, dataset, cfg: SlimmeRFConfig, seed: int = 0) -> "SlimmeRFModel":
+        aabb = scene_box(dataset, cfg.scene_box)
+        torch.manual_seed(seed)
+        return cls(cfg, aabb, n_to_reso(cfg.grid_init**3, aabb))
+
+    @classmethod
+    def from_state(cls, state: dict, cfg: SlimmeRFConfig) -> "SlimmeRFModel":
+        if int(state.get("full_rank", cfg.rank)) != cfg.rank:  # a slimmed file: its own width
+            cfg = SlimmeRFConfig(**{**asdict(cfg), "rank": int(state["full_rank"])})
+        model = cls(cfg, state["aabb"], state["grid_size"], rank=int(state["rank"]))
+        model.load_state_dict({k: v for k, v in state["params"].items()})
+        model.upsample_index = int(state.get("upsample_index", 0))
+        model.lr_reset_step = int(state.get("lr_reset_step", 0))
+        model.last_rank_step = int(state.get("last_rank_step", -10**9))
+        model.l1_weight = float(state.get("l1_weight", cfg.l1_weight_initial))
+        if state.get("occupancy") is not None:
+            from scene3d.renderers.rays import OccupancyGrid
+
+            model.occupancy = OccupancyGrid.from_state_dict(state["occupancy"])
+        model.step_size = model._step_size()
+        model.optimizers = model._make_optimizers()
+        if "optimizers" in state:
+            for name, opt in model.optimizers.items():
+                opt.load_state_dict(state["optimizers"][name])
+        return model
+
+    def state(self, with_optimizers: bool = True) -> dict:
+        out = {
+            "params": {k: v.detach().clone() for k, v in self.state_dict().items() if k != "aabb"},
+            "aabb": self.aabb.detach().cpu().clone(),
+            "grid_size": list(self.grid_size),
+            "rank": self.rank,
+            "full_rank": self.cfg.rank,
+            "upsample_index": self.upsample_index,
+            "lr_reset_step": self.lr_reset_step,
+            "last_rank_step": self.last_rank_step,
+            "l1_weight": self.l1_weight,
+            "occupancy": None if self.occupancy is None else self.occupancy.state_dict(),
+            "scene_scale": 1.0,
+        }
+        if with_optimizers:
+            out["optimizers"] = {k: opt.state_dict() for k, opt in self.optimizers.items()}
+        return out
+
+    def load_state_dict(self, state_dict, strict: bool = True):  # noqa: D102 - the aabb buffer is kept apart
+        state_dict = dict(state_dict)
+        state_dict.setdefault("aabb", self.aabb)
+        return super().load_state_dict(state_dict, strict=strict)
+
+    def slimmed_state(self, rank: int) -> dict:
+        """A state holding only the first ``rank`` density and 3 rank appearance components: a model
+        of that rank on its own, smaller on disk (no optimiser state)."""
+        R = self.cfg.rank
+        if not 1 <= rank <= R:
+            raise ValueError(f"rank must be between 1 and {R}, got {rank}")
+        keep = torch.cat([torch.arange(p * 3 * R, p * 3 * R + 3 * rank) for p in range(3)])
+        params = {}
+        for k, v in self.state_dict().items():
+            if k == "aabb":
+                continue
+            v = v.detach().clone()
+            if k.startswith("density_"):
+                v = v[:, :rank].clone()
+            elif k.startswith("app_planes") or k.startswith("app_lines"):
+                v = v[:, : 3 * rank].clone()
+            elif k == "basis.weight":
+                v = v[:, keep].clone()
+            params[k] = v
+        state = self.state(with_optimizers=False)
+        state.update(params=params, rank=min(self.rank, rank), full_rank=rank)
+        return state
+
+    # ------------------------------------------------------------------ optimisation
+    def _grid_params(self):
+        return [*self.density_planes, *self.density_lines, *self.app_planes, *self.app_lines]
+
+    def _make_optimizers(self) -> dict:
+        c = self.cfg
+        groups = [{"params": self._grid_params(), "lr": c.lr_grid, "name": "grid"}, {"params": [*self.basis.parameters(), *self.mlp.parameters()], "lr": c.lr_network, "name": "network"}]
+        return {"all": torch.optim.Adam(groups, betas=(0.9, 0.99))}
+
+    def update_learning_rates(self, step: int, max_steps: int) -> None:
+        """Exponential decay to ``lr_decay_ratio`` over training, restarted at each upsampling."""
+        c = self.cfg
+        factor = c.lr_decay_ratio ** (max(step - self.lr_reset_step, 0) / max(max_steps, 1))
+        for group in self.optimizers["all"].param_groups:
+            group["lr"] = (c.lr_grid if group["name"] == "grid" else c.lr_network) * factor
+
+    def _step_size(self) -> float:
+        units = (self.aabb[1] - self.aabb[0]) / (torch.tensor(self.grid_size, dtype=torch.float32, device=self.aabb.device) - 1)
+        return float(units.mean()) * self.cfg.step_ratio
+
+    def num_samples(self) -> int:
+        diag = float(torch.linalg.norm(self.aabb[1] - self.aabb[0]))
+        return int(min(self.cfg.max_samples, math.ceil(diag / self.step_size) + 1))
+
+    # ------------------------------------------------------------------ rank
+    def rank_masks(self, rank: int | None = None, epsilon: float | None = None) -> tuple[Tensor, Tensor]:
+        """Per-component factors: 1 up to the rank, ``epsilon`` above (density [R], appearance [3 x 3R])."""
+        R = self.cfg.rank
+        r = self.rank if rank is None else max(0, min(int(rank), R))
+        eps = self.cfg.rank_epsilon if epsilon is None else epsilon
+        dev = self.aabb.device
+        d = torch.full((R,), eps, device=dev)
+        d[:r] = 1.0
+        a = torch.full((3 * R,), eps, device=dev)
+        a[: 3 * r] = 1.0
+        return d, a.repeat(3)
+
+    def after_step(self, step: int, loss: float, max_steps: int, dataset=None) -> None:
+        """TRaIn, the occupancy grid, the alpha mask and the upsampling schedule."""
+        c = self.cfg
+        if self.last_loss is not None and self.rank < c.rank and step - self.last_rank_step > c.rank_cooldown:
+            if abs(self.last_loss - loss) / max(loss, 1e-12) > c.rank_upsilon:
+                self.rank = min(self.rank + c.rank_inc, c.rank)
+                self.last_rank_step = step
+        self.last_loss = loss
+        done = step + 1
+        if c.occupancy_every and done % c.occupancy_every == 0:
+            self.update_occupancy(done)
+        if done in c.alpha_mask_steps:
+            self.update_alpha_mask(shrink=done == c.alpha_mask_steps[0])
+        if done in c.upsample_steps:
+            self.upsample(done)
+
+    # ------------------------------------------------------------------ features
+    def _coords(self, pts: Tensor) -> tuple[Tensor, Tensor]:
+        x = (pts - self.aabb[0]) / (self.aabb[1] - self.aabb[0]) * 2 - 1
+        plane = torch.stack([x[:, list(m)] for m in MAT_MODES]).view(3, -1, 1, 2)
+        line = torch.stack([x[:, v] for v in VEC_MODES])
+        line = torch.stack([torch.zeros_like(line), line], dim=-1).view(3, -1, 1, 2)
+        return plane, line
+
+    @staticmethod
+    def _sample(params, coords: Tensor, p: int) -> Tensor:
+        return F.grid_sample(params[p], coords[[p]], align_corners=True).view(params[p].shape[1], -1)
+
+    def density(self, pts: Tensor, rank: int | None = None, epsilon: float | None = None) -> Tensor:
+        """sigma [M] (per unit of normalised distance) at points [M, 3]."""
+        plane, line = self._coords(pts)
+        d_mask, _ = self.rank_masks(rank, epsilon)
+        feat = torch.zeros(pts.shape[0], device=pts.device)
+        for p in range(3):
+            prod = self._sample(self.density_planes, plane, p) * self._sample(self.density_lines, line, p)
+            feat = feat + (prod * d_mask[:, None]).sum(0)
+        return F.softplus(feat + self.cfg.density_shift) * self.cfg.distance_scale
+
+    def color(self, pts: Tensor, dirs: Tensor, rank: int | None = None, epsilon: float | None = None) -> Tensor:
+        """rgb [M, 3] at points [M, 3] seen along unit directions [M, 3]."""
+        plane, line = self._coords(pts)
+        _, a_mask = self.rank_masks(rank, epsilon)
+        feats = [self._sample(self.app_planes, plane, p) * self._sample(self.app_lines, line, p) for p in range(3)]
+        app = self.basis((torch.cat(feats) * a_mask[:, None]).T)
+        c = self.cfg
+        x = torch.cat([app, dirs, positional_encoding(app, c.fea_pe), positional_encoding(dirs, c.view_pe)], dim=-1)
+        return torch.sigmoid(self.mlp(x))
+
+    # ------------------------------------------------------------------ rendering
+    def render_rays(self, origins: Tensor, dirs: Tensor, *, background: Tensor | None = None, rank: int | None = None, epsilon: float | None = None,
+                    stratified: bool = False, generator: torch.Generator | None = None, crop=None):
+        """Volume-renders rays [N, 3]; returns a RayOutput (rgb, alpha, depth)."""
+        from scene3d.renderers.rays import RayOutput, ray_aabb, sample_along_rays, volume_render, volume_weights
+
+        aabb = self.aabb.reshape(-1)
+        if crop is not None:
+            lo = torch.maximum(self.aabb[0], torch.as_tensor(crop[0], dtype=torch.float32, device=aabb.device))
+            hi = torch.minimum(self.aabb[1], torch.as_tensor(crop[1], dtype=torch.float32, device=aabb.device))
+            aabb = torch.cat([lo, torch.maximum(hi, lo)])
+        near, far, hit = ray_aabb(origins, dirs, aabb)
+        s = sample_along_rays(origins, dirs, near, far, self.step_size, self.num_samples(), grid=self.occupancy, stratified=stratified, generator=generator)
+        t0, t1, valid = s.t_starts, s.t_ends, s.valid
+        n, m = t0.shape
+        mid = 0.5 * (t0 + t1)
+        pts = origins[:, None, :] + dirs[:, None, :] * mid[..., None]
+        sigma = torch.zeros(n, m, device=origins.device)
+        if valid.any():
+            sigma = sigma.masked_scatter(valid, self.density(pts[valid], rank, epsilon))
+        backend = self.cfg.backend
+        with torch.no_grad():
+            weights = volume_weights(t0, t1, sigma.detach(), backend=backend)
+        shade = valid & (weights > self.cfg.weight_threshold)
+        rgbs = torch.zeros(n, m, 3, device=origins.device)
+        if shade.any():
+            d = dirs[:, None, :].expand(n, m, 3)
+            rgbs = rgbs.masked_scatter(shade[..., None], self.color(pts[shade], d[shade], rank, epsilon))
+        rgb, alpha, depth, _ = volume_render(t0, t1, sigma, rgbs, background, backend=backend)
+        return RayOutput(rgb=rgb, alpha=alpha, depth=depth, num_samples=int(valid.sum()))
+
+    def field(self, rank: int | None = None):
+        """(points, dirs) -> (sigma, rgb), for the generic ray renderer."""
+        return lambda pts, dirs: (self.density(pts, rank), self.color(pts, dirs, rank))
+
+    @torch.no_grad()
+    def render(self, cameras: Cameras, *, background: Tensor | None = None, rank: int | None = None, crop=None, chunk: int = 8192, **_unused):
+        """Renders one camera's whole image in chunks of rays; returns rgb, alpha, depth [1, H, W, .]."""
+        from scene3d.renderers.rays import RayRenderOutput
+
+        assert len(cameras) == 1, "render one camera at a time"
+        o, d = cameras.generate_rays(0)
+        h, w = o.shape[:2]
+        o, d = o.reshape(-1, 3), d.reshape(-1, 3)
+        outs = [self.render_rays(o[i : i + chunk], d[i : i + chunk], background=background, rank=rank, crop=crop) for i in range(0, o.shape[0], chunk)]
+        rgb = torch.cat([x.rgb for x in outs]).reshape(1, h, w, 3)
+        alpha = torch.cat([x.alpha for x in outs]).reshape(1, h, w, 1)
+        depth = torch.cat([x.depth for x in outs]).reshape(1, h, w, 1)
+        return RayRenderOutput(rgb=rgb, alpha=alpha, depth=depth)
+
+    # ------------------------------------------------------------------ training by rays
+    def train_rays(self, origins: Tensor, dirs: Tensor, background: Tensor | None, generator: torch.Generator | None):
+        return self.render_rays(origins, dirs, background=background, stratified=True, generator=generator)
+
+    def regularization(self, step: int) -> Tensor | None:
+        """L1 on the (rank-masked) density components, and TV when its weights are set."""
+        c = self.cfg
+        total = None
+        d_mask, a_mask = self.rank_masks()
+        if self.l1_weight > 0:
+            l1 = sum((pl.abs().mean(dim=(0, 2, 3)) * d_mask).sum() / d_mask.numel() + (li.abs().mean(dim=(0, 2, 3)) * d_mask).sum() / d_mask.numel()
+                     for pl, li in zip(self.density_planes, self.density_lines))
+            total = self.l1_weight * l1
+        for weight, planes in ((c.tv_weight_density, self.density_planes), (c.tv_weight_app, self.app_planes)):
+            if weight > 0:
+                tv = sum(_tv(pl) for pl in planes) * 1e-2
+                total = weight * tv if total is None else total + weight * tv
+        return total
+
+    # ------------------------------------------------------------------ schedule
+    @torch.no_grad()
+    def update_occupancy(self, step: int) -> None:
+        from scene3d.renderers.rays import OccupancyGrid
+
+        if self.occupancy is None:
+            res = self.cfg.occupancy_resolution
+            self.occupancy = OccupancyGrid(self.aabb.reshape(-1).clone(), res).to(self.aabb.device)
+        thre = -math.log(1.0 - self.cfg.alpha_mask_threshold) / self.step_size  # alpha over one step -> sigma
+        self.occupancy.update(step, lambda p: self.density(p), occ_thre=thre, n=1)
+
+    @torch.no_grad()
+    def dense_alpha(self, grid_size: list[int] | None = None) -> tuple[Tensor, Tensor]:
+        """(alpha over one sampling step [X, Y, Z] at voxel centres of the box, those points)."""
+        gs = grid_size or self.grid_size
+        axes = [torch.linspace(float(self.aabb[0, i]), float(self.aabb[1, i]), gs[i], device=self.aabb.device) for i in range(3)]
+        pts = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)
+        flat = pts.reshape(-1, 3)
+        sig = torch.cat([self.density(flat[i : i + 65536]) for i in range(0, flat.shape[0], 65536)])
+        return (1 - torch.exp(-sig * self.step_size)).reshape(gs), pts
+
+    @torch.no_grad()
+    def update_alpha_mask(self, shrink: bool) -> None:
+        """TensoRF's alpha mask: the occupancy grid rebuilt from the dense alpha; on the first call
+        the box shrinks to the occupied region (the grids are cropped, not resampled)."""
+        gs = [min(g, 256) for g in self.grid_size]
+        alpha, pts = self.dense_alpha(gs)
+        occupied = alpha > self.cfg.alpha_mask_threshold
+        if not occupied.any():
+            return
+        if shrink:
+            sel = pts[occupied]
+            lo, hi = sel.min(0).values, sel.max(0).values
+            pad = (self.aabb[1] - self.aabb[0]) / torch.tensor(gs, device=pts.device, dtype=torch.float32)
+            self._shrink(torch.stack([torch.maximum(lo - pad, self.aabb[0]), torch.minimum(hi + pad, self.aabb[1])]))
+            self.l1_weight = self.cfg.l1_weight_rest
+        from scene3d.renderers.rays import OccupancyGrid
+
+        self.occupancy = OccupancyGrid(self.aabb.reshape(-1).clone(), self.cfg.occupancy_resolution).to(self.aabb.device)
+        thre = -math.log(1.0 - self.cfg.alpha_mask_threshold) / self.step_size
+        self.occupancy.update(10**9, lambda p: self.density(p), occ_thre=thre, n=1)
+
+    @torch.no_grad()
+    def _shrink(self, new_aabb: Tensor) -> None:
+        units = (self.aabb[1] - self.aabb[0]) / (torch.tensor(self.grid_size, device=self.aabb.device, dtype=torch.float32) - 1)
+        lo = torch.floor((new_aabb[0] - self.aabb[0]) / units).long().clamp(min=0)
+        hi = torch.minimum(torch.ceil((new_aabb[1] - self.aabb[0]) / units).long() + 1, torch.tensor(self.grid_size, device=lo.device))
+        lo_l, hi_l = lo.tolist(), hi.tolist()
+        for params in (self.density_planes, self.app_planes):
+            for p, (a, b) in enumerate(MAT_MODES):
+                params[p] = nn.Parameter(params[p].data[..., lo_l[b] : hi_l[b], lo_l[a] : hi_l[a]].contiguous())
+        for params in (self.density_lines, self.app_lines):
+            for p, v in enumerate(VEC_MODES):
+                params[p] = nn.Parameter(params[p].data[..., lo_l[v] : hi_l[v], :].contiguous())
+        self.aabb.copy_(torch.stack([self.aabb[0] + lo.float() * units, self.aabb[0] + (hi - 1).float() * units]))
+        self.grid_size = [h - l for l, h in zip(lo_l, hi_l)]
+        self.step_size = self._step_size()
+        self.optimizers = self._make_optimizers()
+
+    @torch.no_grad()
+    def upsample(self, step: int) -> None:
+        c = self.cfg
+        counts = np.exp(np.linspace(np.log(c.grid_init**3), np.log(c.grid_final**3), len(c.upsample_steps) + 1))[1:]
+        if self.upsample_index >= len(counts):
+            return
+        res = n_to_reso(float(counts[self.upsample_index]), self.aabb)
+        self.upsample_index += 1
+        for params in (self.density_planes, self.app_planes):
+            for p, (a, b) in enumerate(MAT_MODES):
+                params[p] = nn.Parameter(F.interpolate(params[p].data, size=(res[b], res[a]), mode="bilinear", align_corners=True))
+        for params in (self.density_lines, self.app_lines):
+            for p, v in enumerate(VEC_MODES):
+                params[p] = nn.Parameter(F.interpolate(params[p].data, size=(res[v], 1), mode="bilinear", align_corners=True))
+        self.grid_size = res
+        self.step_size = self._step_size()
+        if c.lr_upsample_reset:
+            self.lr_reset_step = step
+        self.optimizers = self._make_optimizers()
+
+    # ------------------------------------------------------------------ reporting and the viewer
+    def train_stats(self) -> dict:
+        return {"rank": self.rank, "grid": "x".join(str(g) for g in self.grid_size)}
+
+    def describe(self) -> str:
+        return f"rank {self.rank}/{self.cfg.rank}  grid {'x'.join(str(g) for g in self.grid_size)}"
+
+    def viewer_controls(self):
+        from scene3d.viewer.controls import ViewerControl
+
+        return [ViewerControl("rank", "Rank", "slider", self.cfg.rank, 1, self.cfg.rank, 1, hint="Slimming: render with only the first r components (no retraining).")]
+
+    @torch.no_grad()
+    def viewer_render(self, cameras: Cameras, *, sh_degree=None, background: Tensor | None = None, options: dict | None = None, crop=None):
+        rank = int((options or {}).get("rank", self.rank))
+        return self.render(cameras, background=background, rank=min(rank, self.rank), crop=crop)
+
+    def viewer_stats(self) -> dict:
+        n = sum(p.numel() for p in self.parameters())
+        return {"rank": f"{self.rank} / {self.cfg.rank}", "grid": " x ".join(str(g) for g in self.grid_size), "parameters": f"{n:,}", "memory": f"{n * 4 / 1e6:.1f} MB"}
+
+
+def _tv(x: Tensor) -> Tensor:
+    return (x[..., 1:, :] - x[..., :-1, :]).pow(2).mean() + (x[..., :, 1:] - x[..., :, :-1]).pow(2).mean()
+
+
+def scene_box(dataset, half_size: float) -> Tensor:
+    """The modelled box in the normalised frame: the dataset's AABB clipped to a cube of
+    ``half_size`` (cameras lie inside the unit sphere), or that cube when there is no AABB."""
+    cube = np.array([[-half_size] * 3, [half_size] * 3], np.float32)
+    if getattr(dataset, "aabb", None) is not None:
+        a = np.asarray(dataset.aabb, np.float32)
+        box = np.stack([np.maximum(a[0], cube[0]), np.minimum(a[1], cube[1])])
+        if (box[1] > box[0]).all():
+            return torch.from_numpy(box)
+    return torch.from_numpy(cube)
