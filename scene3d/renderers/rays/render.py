@@ -1,0 +1,124 @@
+"""Rendering rays and images through a radiance field given as a callback.
+
+``render_rays`` chains the steps of the ray path: clip each ray to the scene box
+(:func:`ray_aabb`), march it in uniform steps skipping empty cells (:func:`sample_along_rays`),
+query the field only at valid interval midpoints, scatter the answers into [N, S] tensors (density
+0 elsewhere) and composite them (:mod:`volrend`). The field is
+
+    field(points [M, 3], dirs [M, 3]) -> (sigma [M], rgb [M, C])
+
+and the result is differentiable through its outputs (interval bounds are not differentiated).
+``render_image`` renders every pixel centre of one camera in chunks of rays and returns images
+under the attribute names of the Gaussian ``RenderOutput``, so evaluation and the viewer can take
+either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from scene3d.cameras import Cameras
+from scene3d.renderers.rays.aabb import ray_aabb
+from scene3d.renderers.rays.occupancy import OccupancyGrid
+from scene3d.renderers.rays.sampling import RaySamples, sample_along_rays
+from scene3d.renderers.rays.volrend import RenderBackend, volume_render_fn
+
+Field = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+"""points [M, 3], unit view directions [M, 3] -> (sigma [M], rgb [M, C])."""
+
+
+@dataclass
+class RayOutput:
+    """What ``render_rays`` returns for N rays."""
+
+    rgb: Tensor  # [N, C], background composited
+    alpha: Tensor  # [N, 1] accumulated opacity
+    depth: Tensor  # [N, 1] expected distance sum(w t_mid) / max(alpha, 1e-10)
+    num_samples: int  # field evaluations (valid samples)
+    weights: Tensor  # [N, S] compositing weights of ``samples``
+    samples: RaySamples
+
+
+@dataclass
+class RayRenderOutput:
+    """Images of one camera (the attribute names of the Gaussian ``RenderOutput``)."""
+
+    rgb: Tensor  # [1, H, W, C]
+    alpha: Tensor  # [1, H, W, 1]
+    depth: Tensor  # [1, H, W, 1]
+    num_samples: int
+
+
+def render_rays(
+    field: Field,
+    origins: Tensor,  # [N, 3]
+    dirs: Tensor,  # [N, 3] unit directions (depth is then a distance)
+    aabb: Tensor | Sequence[float],  # [6] scene box
+    *,
+    step_size: float,
+    max_samples: int,
+    grid: Optional[OccupancyGrid] = None,
+    background: Optional[Tensor] = None,  # [C] or [N, C]
+    stratified: bool = False,
+    generator: Optional[torch.Generator] = None,
+    near_min: float = 0.0,
+    backend: RenderBackend = "auto",
+) -> RayOutput:
+    """Renders N rays through ``field`` inside ``aabb`` (see the module docstring)."""
+    n = origins.shape[0]
+    assert origins.shape == (n, 3) and dirs.shape == (n, 3), (
+        f"origins and dirs must be [N, 3], got {tuple(origins.shape)} and {tuple(dirs.shape)}"
+    )
+    near, far, _ = ray_aabb(origins.detach(), dirs.detach(), aabb, near_min)
+    samples = sample_along_rays(origins, dirs, near, far, step_size, max_samples, grid, stratified, generator)
+    ray, col = torch.nonzero(samples.valid, as_tuple=True)
+    s = samples.valid.shape[1]
+    if len(ray):
+        t_mid = samples.midpoints[ray, col]
+        points = origins[ray] + dirs[ray] * t_mid[:, None]
+        sigma, rgb = field(points, dirs[ray])
+        m = len(ray)
+        assert sigma.reshape(-1).shape == (m,), f"field must return sigma [{m}], got {tuple(sigma.shape)}"
+        assert rgb.ndim == 2 and rgb.shape[0] == m, f"field must return rgb [{m}, C], got {tuple(rgb.shape)}"
+        sigmas = sigma.new_zeros(n, s).index_put((ray, col), sigma.reshape(-1))
+        rgbs = rgb.new_zeros(n, s, rgb.shape[1]).index_put((ray, col), rgb)
+    else:  # nothing to evaluate: the field is not called and the output does not depend on it
+        c = 3 if background is None else background.shape[-1]
+        sigmas = origins.new_zeros(n, s)
+        rgbs = origins.new_zeros(n, s, c)
+    render = volume_render_fn(backend)
+    rgb_out, alpha, depth, weights = render(samples.t_starts, samples.t_ends, sigmas, rgbs, background)
+    return RayOutput(rgb_out, alpha, depth, len(ray), weights, samples)
+
+
+def render_image(
+    field: Field,
+    cameras: Cameras,  # one camera
+    aabb: Tensor | Sequence[float],
+    *,
+    chunk: int = 4096,
+    **kw,
+) -> RayRenderOutput:
+    """Renders every pixel of one camera, ``chunk`` rays at a time, under the caller's grad mode.
+
+    ``kw`` are :func:`render_rays`' options (``step_size`` and ``max_samples`` are required).
+    """
+    assert len(cameras) == 1, f"render_image renders one camera, got {len(cameras)}"
+    assert chunk >= 1, f"chunk must be >= 1, got {chunk}"
+    origins, dirs = cameras.generate_rays(0)
+    h, w = origins.shape[:2]
+    origins, dirs = origins.reshape(-1, 3), dirs.reshape(-1, 3)
+    outs = [
+        render_rays(field, origins[i : i + chunk], dirs[i : i + chunk], aabb, **kw)
+        for i in range(0, origins.shape[0], chunk)
+    ]
+    return RayRenderOutput(
+        rgb=torch.cat([o.rgb for o in outs]).reshape(1, h, w, -1),
+        alpha=torch.cat([o.alpha for o in outs]).reshape(1, h, w, 1),
+        depth=torch.cat([o.depth for o in outs]).reshape(1, h, w, 1),
+        num_samples=sum(o.num_samples for o in outs),
+    )
