@@ -73,6 +73,7 @@ def eval(
     data: Annotated[Path | None, tyro.conf.arg(metavar="SCENE")] = None,
     json_out: Annotated[bool, tyro.conf.arg(name="json")] = False,
     device: str = "auto",
+    rank: int | None = None,
     cfg: Annotated[DataConfig, Flat] = DataConfig(),
 ) -> None:
     """Test-split metrics (PSNR, SSIM) of a trained run, or of a scene file against a dataset:
@@ -83,13 +84,14 @@ def eval(
         data: the dataset a scene file is compared with (its test split; options as for `scene3d info`).
         json_out: print one JSON object.
         device: auto, cpu or cuda.
+        rank: slim a slimmerf run to this rank at test time (no retraining).
     """
     from scene3d.train.commands import eval_command, eval_file_command
 
     if target.is_dir() or not target.exists():
         if data is not None:
             raise Scene3dError(f"{target}: --data is for scene files; a run is evaluated on the dataset it was trained on")
-        eval_command(target, json_out=json_out, device=device)
+        eval_command(target, json_out=json_out, device=device, rank=rank)
     else:
         if data is None:
             raise Scene3dError(f"{target}: a scene file is evaluated against a dataset; add --data SCENE (and --downscale as in training)")
@@ -106,6 +108,7 @@ def render(
     height: int | None = None,
     mode: Literal["rgb", "depth", "alpha"] = "rgb",
     device: str = "auto",
+    rank: int | None = None,
 ) -> None:
     """Renders a run: its test views (PNGs beside the ground truth), an orbit or spiral to an mp4,
     or a camera path saved by the viewer (`--path PATH.json`, also for scene files).
@@ -120,21 +123,23 @@ def render(
         height: video height of a camera path (default: the path's).
         mode: rgb, depth (colour-mapped) or alpha, for camera paths.
         device: auto, cpu or cuda.
+        rank: slim a slimmerf run to this rank at test time (no retraining).
     """
     from scene3d.train.commands import render_command, render_path_command
 
     if path.lower().endswith(".json"):
-        render_path_command(target, Path(path), output=output, width=width, height=height, mode=mode, device=device)
+        render_path_command(target, Path(path), output=output, width=width, height=height, mode=mode, device=device, rank=rank)
         return
     if path not in ("test", "orbit", "spiral"):
         raise Scene3dError(f"--path {path}: give test, orbit, spiral or a camera-path .json file")
-    render_command(target, path=path, output=output, frames=frames, fps=fps, width=width, device=device)
+    render_command(target, path=path, output=output, frames=frames, fps=fps, width=width, device=device, rank=rank)
 
 
 def export(
     target: tyro.conf.Positional[Path],
     output: Annotated[Path, tyro.conf.arg(aliases=("-o",))],
-    format: Literal["ply", "splat", "compressed-ply", "spz", "sog"] | None = None,
+    format: Literal["ply", "splat", "compressed-ply", "spz", "sog", "slimmerf"] | None = None,
+    rank: int | None = None,
     sog_sh_iterations: int = 10,
     sog_sh_palette: int | None = None,
     sog_layout: Literal["auto", "morton", "plas"] = "auto",
@@ -145,7 +150,8 @@ def export(
     Args:
         target: a run folder or a scene file.
         output: the file to write (.ply, .splat, .compressed.ply, .spz, .sog).
-        format: the format (default: the one OUTPUT's name says).
+        format: the format (default: the one OUTPUT's name says); slimmerf writes a slimmerf run (truncated with --rank) as a file that loads on its own.
+        rank: for --format slimmerf: keep the first RANK components (default: all).
         sog_sh_iterations: k-means iterations for sog's higher-SH palette.
         sog_sh_palette: most entries of sog's higher-SH palette (default 8192; 0: splat-transform's rule, up to 65536).
         sog_layout: sog's grid layout: morton (Z-order of positions), plas (self-organising sort), or auto: plas for runs trained with --compress-grid, morton otherwise.
@@ -153,6 +159,11 @@ def export(
     from scene3d.train.commands import export_command
 
     fmt = format
+    if fmt is None and output.name.endswith(".slimmerf"):
+        fmt = "slimmerf"
+    if fmt == "slimmerf":
+        export_command(target, output, "slimmerf", rank=rank)
+        return
     if fmt is None:
         from scene3d.export.formats import format_of_path
 

@@ -99,6 +99,9 @@ class SlimmeRFConfig:
     hidden: int = 128
     weight_threshold: float = 1e-4
     """Samples whose rendering weight is below this skip the appearance network."""
+    shade_topk: int = 8
+    """In training, each ray's heaviest samples are shaded whatever their weight (so the field
+    learns from the first step, also on dark backgrounds)."""
     scene_box: float = 1.5
     """Half-size of the largest box modelled, in the normalised frame (cameras inside the unit
     sphere): the dataset's AABB clipped to it. Unbounded captures are modelled inside it."""

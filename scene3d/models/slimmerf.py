@@ -6,7 +6,8 @@ axis-aligned planes p (XY, XZ, YZ) and the complementary axis line, component c 
 ``M_c^p(u, v) * v_c^p(w)``; the density feature is the sum over planes and R components, the
 appearance feature the 3 x 3R products mapped by a linear basis to ``app_dim`` channels, which a
 small MLP (with frequency encodings of the feature and of the view direction) turns into colour.
-Density is ``softplus(feature + density_shift) * distance_scale`` per unit of normalised distance.
+Density is ``softplus(feature + density_shift) * distance_scale`` per unit of distance in a 3-unit
+box (NeRF-synthetic's), i.e. scaled by 3 / the box's mean edge in scene3d's normalised frame.
 
 Tensorial Rank Incrementation (TRaIn): training starts at rank (1, 3) (density, appearance) and
 adds (1, 3) whenever the relative change of the batch loss between consecutive steps exceeds
@@ -65,6 +66,9 @@ class SlimmeRFModel(nn.Module):
         self.cfg = cfg
         R = cfg.rank
         self.register_buffer("aabb", torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3).clone())
+        # TensoRF's distance_scale assumes NeRF-synthetic's 3-unit box; scaling by the box we model
+        # (fixed at creation, kept through shrinking) makes densities mean the same in any frame.
+        self.density_scale = cfg.distance_scale * 3.0 / float((self.aabb[1] - self.aabb[0]).mean())
         self.grid_size = [int(g) for g in grid_size]
         self.rank = int(cfg.init_rank if rank is None else rank)
         g = torch.Generator().manual_seed(0)
@@ -82,6 +86,7 @@ class SlimmeRFModel(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(n_in, cfg.hidden), nn.ReLU(inplace=True), nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU(inplace=True), nn.Linear(cfg.hidden, 3))
         nn.init.constant_(self.mlp[-1].bias, 0.0)
         self.occupancy = None  # an OccupancyGrid once training or loading made one
+        self.eval_rank: int | None = None  # slimming at test time: render() uses this rank
         self.step_size = self._step_size()
         self.last_loss: float | None = None
         self.last_rank_step = -10**9
@@ -102,6 +107,7 @@ class SlimmeRFModel(nn.Module):
         if int(state.get("full_rank", cfg.rank)) != cfg.rank:  # a slimmed file: its own width
             cfg = SlimmeRFConfig(**{**asdict(cfg), "rank": int(state["full_rank"])})
         model = cls(cfg, state["aabb"], state["grid_size"], rank=int(state["rank"]))
+        model.density_scale = float(state.get("density_scale", model.density_scale))
         model.load_state_dict({k: v for k, v in state["params"].items()})
         model.upsample_index = int(state.get("upsample_index", 0))
         model.lr_reset_step = int(state.get("lr_reset_step", 0))
@@ -110,7 +116,9 @@ class SlimmeRFModel(nn.Module):
         if state.get("occupancy") is not None:
             from scene3d.renderers.rays import OccupancyGrid
 
-            model.occupancy = OccupancyGrid.from_state_dict(state["occupancy"])
+            occ = state["occupancy"]
+            model.occupancy = OccupancyGrid(occ["state"]["aabb"], int(occ["resolution"])).to(model.aabb.device)
+            model.occupancy.load_state_dict(occ["state"])
         model.step_size = model._step_size()
         model.optimizers = model._make_optimizers()
         if "optimizers" in state:
@@ -120,16 +128,17 @@ class SlimmeRFModel(nn.Module):
 
     def state(self, with_optimizers: bool = True) -> dict:
         out = {
-            "params": {k: v.detach().clone() for k, v in self.state_dict().items() if k != "aabb"},
+            "params": {k: v.detach().clone() for k, v in self.state_dict().items() if k != "aabb" and not k.startswith("occupancy.")},
             "aabb": self.aabb.detach().cpu().clone(),
             "grid_size": list(self.grid_size),
             "rank": self.rank,
             "full_rank": self.cfg.rank,
+            "density_scale": self.density_scale,
             "upsample_index": self.upsample_index,
             "lr_reset_step": self.lr_reset_step,
             "last_rank_step": self.last_rank_step,
             "l1_weight": self.l1_weight,
-            "occupancy": None if self.occupancy is None else self.occupancy.state_dict(),
+            "occupancy": None if self.occupancy is None else {"resolution": self.occupancy.resolution, "state": {k: v.detach().clone() for k, v in self.occupancy.state_dict().items()}},
             "scene_scale": 1.0,
         }
         if with_optimizers:
@@ -137,8 +146,10 @@ class SlimmeRFModel(nn.Module):
         return out
 
     def load_state_dict(self, state_dict, strict: bool = True):  # noqa: D102 - the aabb buffer is kept apart
-        state_dict = dict(state_dict)
+        state_dict = {k: v for k, v in dict(state_dict).items() if not k.startswith("occupancy.")}
         state_dict.setdefault("aabb", self.aabb)
+        if self.occupancy is not None:  # a submodule once made; its state travels apart
+            state_dict.update({f"occupancy.{k}": v for k, v in self.occupancy.state_dict().items()})
         return super().load_state_dict(state_dict, strict=strict)
 
     def slimmed_state(self, rank: int) -> dict:
@@ -150,7 +161,7 @@ class SlimmeRFModel(nn.Module):
         keep = torch.cat([torch.arange(p * 3 * R, p * 3 * R + 3 * rank) for p in range(3)])
         params = {}
         for k, v in self.state_dict().items():
-            if k == "aabb":
+            if k == "aabb" or k.startswith("occupancy."):
                 continue
             v = v.detach().clone()
             if k.startswith("density_"):
@@ -237,7 +248,7 @@ class SlimmeRFModel(nn.Module):
         for p in range(3):
             prod = self._sample(self.density_planes, plane, p) * self._sample(self.density_lines, line, p)
             feat = feat + (prod * d_mask[:, None]).sum(0)
-        return F.softplus(feat + self.cfg.density_shift) * self.cfg.distance_scale
+        return F.softplus(feat + self.cfg.density_shift) * self.density_scale
 
     def color(self, pts: Tensor, dirs: Tensor, rank: int | None = None, epsilon: float | None = None) -> Tensor:
         """rgb [M, 3] at points [M, 3] seen along unit directions [M, 3]."""
@@ -253,7 +264,7 @@ class SlimmeRFModel(nn.Module):
     def render_rays(self, origins: Tensor, dirs: Tensor, *, background: Tensor | None = None, rank: int | None = None, epsilon: float | None = None,
                     stratified: bool = False, generator: torch.Generator | None = None, crop=None):
         """Volume-renders rays [N, 3]; returns a RayOutput (rgb, alpha, depth)."""
-        from scene3d.renderers.rays import RayOutput, ray_aabb, sample_along_rays, volume_render, volume_weights
+        from scene3d.renderers.rays import RayOutput, ray_aabb, sample_along_rays, volume_render_fn
 
         aabb = self.aabb.reshape(-1)
         if crop is not None:
@@ -269,16 +280,22 @@ class SlimmeRFModel(nn.Module):
         sigma = torch.zeros(n, m, device=origins.device)
         if valid.any():
             sigma = sigma.masked_scatter(valid, self.density(pts[valid], rank, epsilon))
-        backend = self.cfg.backend
+        composite = volume_render_fn(self.cfg.backend)
         with torch.no_grad():
-            weights = volume_weights(t0, t1, sigma.detach(), backend=backend)
+            weights = composite(t0, t1, sigma.detach(), torch.zeros(n, m, 3, device=origins.device))[3]
         shade = valid & (weights > self.cfg.weight_threshold)
+        if stratified and self.cfg.shade_topk > 0 and m > 0:
+            # training: also shade each ray's heaviest samples, so colour (and through it density)
+            # learns even while every weight is still below the threshold (a dark background
+            # would otherwise leave the field without gradient at the start)
+            top = weights.topk(min(self.cfg.shade_topk, m), dim=1).indices
+            shade = shade | (torch.zeros_like(valid).scatter_(1, top, True) & valid)
         rgbs = torch.zeros(n, m, 3, device=origins.device)
         if shade.any():
             d = dirs[:, None, :].expand(n, m, 3)
             rgbs = rgbs.masked_scatter(shade[..., None], self.color(pts[shade], d[shade], rank, epsilon))
-        rgb, alpha, depth, _ = volume_render(t0, t1, sigma, rgbs, background, backend=backend)
-        return RayOutput(rgb=rgb, alpha=alpha, depth=depth, num_samples=int(valid.sum()))
+        rgb, alpha, depth, w = composite(t0, t1, sigma, rgbs, background)
+        return RayOutput(rgb=rgb, alpha=alpha, depth=depth, num_samples=int(valid.sum()), weights=w, samples=s)
 
     def field(self, rank: int | None = None):
         """(points, dirs) -> (sigma, rgb), for the generic ray renderer."""
@@ -290,6 +307,8 @@ class SlimmeRFModel(nn.Module):
         from scene3d.renderers.rays import RayRenderOutput
 
         assert len(cameras) == 1, "render one camera at a time"
+        if rank is None and self.eval_rank is not None:
+            rank = min(self.eval_rank, self.rank)
         o, d = cameras.generate_rays(0)
         h, w = o.shape[:2]
         o, d = o.reshape(-1, 3), d.reshape(-1, 3)
@@ -297,7 +316,7 @@ class SlimmeRFModel(nn.Module):
         rgb = torch.cat([x.rgb for x in outs]).reshape(1, h, w, 3)
         alpha = torch.cat([x.alpha for x in outs]).reshape(1, h, w, 1)
         depth = torch.cat([x.depth for x in outs]).reshape(1, h, w, 1)
-        return RayRenderOutput(rgb=rgb, alpha=alpha, depth=depth)
+        return RayRenderOutput(rgb=rgb, alpha=alpha, depth=depth, num_samples=sum(x.num_samples for x in outs))
 
     # ------------------------------------------------------------------ training by rays
     def train_rays(self, origins: Tensor, dirs: Tensor, background: Tensor | None, generator: torch.Generator | None):
@@ -326,8 +345,11 @@ class SlimmeRFModel(nn.Module):
         if self.occupancy is None:
             res = self.cfg.occupancy_resolution
             self.occupancy = OccupancyGrid(self.aabb.reshape(-1).clone(), res).to(self.aabb.device)
-        thre = -math.log(1.0 - self.cfg.alpha_mask_threshold) / self.step_size  # alpha over one step -> sigma
-        self.occupancy.update(step, lambda p: self.density(p), occ_thre=thre, n=1)
+        self.occupancy.update(step, lambda p: self.density(p), occ_thre=self._occ_threshold(), n=1, step_size=self.step_size)
+
+    def _occ_threshold(self) -> float:
+        """The alpha-mask threshold as optical thickness over one sampling step."""
+        return -math.log(1.0 - self.cfg.alpha_mask_threshold)
 
     @torch.no_grad()
     def dense_alpha(self, grid_size: list[int] | None = None) -> tuple[Tensor, Tensor]:
@@ -357,8 +379,7 @@ class SlimmeRFModel(nn.Module):
         from scene3d.renderers.rays import OccupancyGrid
 
         self.occupancy = OccupancyGrid(self.aabb.reshape(-1).clone(), self.cfg.occupancy_resolution).to(self.aabb.device)
-        thre = -math.log(1.0 - self.cfg.alpha_mask_threshold) / self.step_size
-        self.occupancy.update(10**9, lambda p: self.density(p), occ_thre=thre, n=1)
+        self.occupancy.update(0, lambda p: self.density(p), occ_thre=self._occ_threshold(), n=1, step_size=self.step_size)  # step 0: every cell
 
     @torch.no_grad()
     def _shrink(self, new_aabb: Tensor) -> None:
@@ -433,3 +454,61 @@ def scene_box(dataset, half_size: float) -> Tensor:
         if (box[1] > box[0]).all():
             return torch.from_numpy(box)
     return torch.from_numpy(cube)
+
+
+# ---------------------------------------------------------------------------- slimmed files
+SLIM_FORMAT = "scene3d-slimmerf"
+
+
+def save_slimmed(model: SlimmeRFModel, rank: int, path, transform=None) -> "Path":
+    """Writes the model truncated to ``rank`` as a file that loads on its own (atomically).
+    ``transform`` is the run's input -> normalised similarity, kept so the file can be compared
+    with its dataset."""
+    from pathlib import Path
+
+    path = Path(path)
+    cfg = asdict(model.cfg)
+    cfg["rank"] = int(rank)
+    payload = {
+        "format": SLIM_FORMAT,
+        "version": 1,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
+        "model": model.slimmed_state(int(rank)),
+        "transform": None if transform is None else torch.as_tensor(np.asarray(transform), dtype=torch.float64),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_slimmed(path, device="cpu") -> tuple[SlimmeRFModel, "np.ndarray | None"]:
+    """(model, input -> normalised transform or None) from a file written by :func:`save_slimmed`."""
+    from pathlib import Path
+
+    from scene3d.errors import DataError
+    from scene3d.train.run import _to
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DataError(path, f"is not a slimmerf file ({type(e).__name__}: {e})") from None
+    if not isinstance(payload, dict) or payload.get("format") != SLIM_FORMAT:
+        raise DataError(path, f"is not a {SLIM_FORMAT} file")
+    if payload.get("version") != 1:
+        raise DataError(path, f"has unsupported version {payload.get('version')!r}")
+    try:
+        cfg_dict = dict(payload["config"])
+        for k, v in cfg_dict.items():
+            if isinstance(v, list):
+                cfg_dict[k] = tuple(v)
+        cfg = SlimmeRFConfig(**cfg_dict)
+        model = SlimmeRFModel.from_state(_to(payload["model"], torch.device(device)), cfg)
+    except (KeyError, TypeError, RuntimeError, ValueError) as e:
+        raise DataError(path, f"holds a malformed model ({type(e).__name__}: {e})") from None
+    t = payload.get("transform")
+    return model.to(device), (None if t is None else t.numpy())

@@ -48,16 +48,21 @@ PRESETS: dict[str, dict[str, dict]] = {
         # The reference code's NeRF-synthetic recipe: 30k steps of 4096 rays, grids 128^3 -> 300^3.
         "default": {},
         "cpu": {
-            # What two CPU cores train in about 20 minutes (lego at 200x200): smaller batches and
-            # grids, the same schedule compressed.
-            "train": {"max_steps": 4000},
+            # What two CPU cores train in about 20 minutes (lego at 200x200): half the rays per
+            # step, smaller grids and network, the schedule compressed; the rank grows about every
+            # 40 steps (the batch loss of 2048 rays changes by more than 5% between most steps).
+            "train": {"max_steps": 3000, "time_budget": 1200.0},
             "model": {
                 "batch_rays": 2048,
                 "grid_init": 64,
-                "grid_final": 192,
-                "upsample_steps": (400, 800, 1200, 1800, 2400),
-                "alpha_mask_steps": (400, 1200),
-                "rank_cooldown": 50,
+                "grid_final": 200,
+                "upsample_steps": (300, 600, 1000, 1500, 2000),
+                "alpha_mask_steps": (300, 1000),
+                "occupancy_resolution": 64,
+                "step_ratio": 0.75,
+                "hidden": 64,
+                "rank_upsilon": 0.05,
+                "rank_cooldown": 40,
             },
         },
     },

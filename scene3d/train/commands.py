@@ -11,26 +11,41 @@ import torch
 from scene3d.errors import Scene3dError
 
 
-def eval_command(target: Path, *, json_out: bool = False, device: str = "auto") -> dict:
+def apply_rank(model, rank: int | None, source) -> None:
+    """Slimming at test time: ``model`` renders with its first ``rank`` components."""
+    if rank is None:
+        return
+    if not hasattr(model, "eval_rank"):
+        raise Scene3dError(f"{source}: --rank slims rank-ordered models (slimmerf); this is a {getattr(model, 'name', '?')} model")
+    if not 1 <= rank <= model.rank:
+        raise Scene3dError(f"{source}: --rank {rank} is outside 1..{model.rank} (the rank it was trained to)")
+    model.eval_rank = rank
+
+
+def eval_command(target: Path, *, json_out: bool = False, device: str = "auto", rank: int | None = None) -> dict:
     from rich.console import Console
 
     from scene3d.train.run import load_run
     from scene3d.train.trainer import evaluate_model, pick_device
 
     spec, ds, model, state = load_run(target, device)
+    apply_rank(model, rank, target)
     result = evaluate_model(model, ds, pick_device(device), spec.train_cfg.get("background_mode", "auto"))
     result.update({"step": int(state["step"]), "model": spec.model, "strategy": spec.strategy, "scene": spec.scene})
+    if rank is not None:
+        result["rank"] = rank
     if json_out:
         print(json.dumps(result))
     else:
+        what = f"{result['num_gaussians']:,} primitives" if result.get("num_gaussians") is not None else f"rank {result.get('rank')}"
         Console().print(
             f"{target}: {result['eval_split']} split, {result['num_images']} images: PSNR {result['psnr']:.2f} dB, "
-            f"SSIM {result['ssim']:.4f}, {result['num_gaussians']:,} primitives (step {result['step']})"
+            f"SSIM {result['ssim']:.4f}, {what} (step {result['step']})"
         )
     return result
 
 
-def render_command(run: Path, *, path: str = "test", output: Path | None = None, frames: int = 120, fps: int = 30, width: int | None = None, device: str = "auto") -> Path:
+def render_command(run: Path, *, path: str = "test", output: Path | None = None, frames: int = 120, fps: int = 30, width: int | None = None, device: str = "auto", rank: int | None = None) -> Path:
     from rich.console import Console
     from rich.progress import track
 
@@ -39,6 +54,7 @@ def render_command(run: Path, *, path: str = "test", output: Path | None = None,
     from scene3d.train.trainer import _composite, pick_device, save_pair
 
     spec, ds, model, _ = load_run(run, device)
+    apply_rank(model, rank, run)
     dev = pick_device(device)
     bg = torch.tensor(ds.background, device=dev) if ds.format == "blender" else None
     if path == "test":
@@ -57,7 +73,7 @@ def render_command(run: Path, *, path: str = "test", output: Path | None = None,
     return out
 
 
-def render_path_command(target: Path, path_file: Path, *, output: Path | None = None, width: int | None = None, height: int | None = None, mode: str = "rgb", device: str = "auto") -> Path:
+def render_path_command(target: Path, path_file: Path, *, output: Path | None = None, width: int | None = None, height: int | None = None, mode: str = "rgb", device: str = "auto", rank: int | None = None) -> Path:
     """Renders a camera path saved by the viewer (input frame) for a run or a scene file."""
     from rich.console import Console
     from rich.progress import track
@@ -70,6 +86,7 @@ def render_path_command(target: Path, path_file: Path, *, output: Path | None = 
     cam_path = CameraPath.load(path_file)
     dev = pick_device(device)
     target = load_target(Path(target), dev, max_thumbnails=0)
+    apply_rank(target.model, rank, target.source)
     if output is None:
         folder = target.source / "renders" if target.kind == "run" else target.source.parent
         output = folder / f"{Path(path_file).stem}.mp4"
@@ -102,8 +119,16 @@ def eval_file_command(path: Path, scene: Path, data_cfg, *, json_out: bool = Fal
     from scene3d.train.run import prepare_dataset
     from scene3d.train.trainer import evaluate_model, pick_device
 
-    ds = prepare_dataset(Path(scene), data_cfg, "3dgs")
-    model = model_from_scene_file(Path(path), ds, device)
+    if Path(path).name.endswith(".slimmerf"):
+        from scene3d.models.slimmerf import load_slimmed
+
+        ds = prepare_dataset(Path(scene), data_cfg, "slimmerf")
+        model, transform = load_slimmed(path, pick_device(device))
+        if transform is None or not np.allclose(transform, ds.transform, atol=1e-4):
+            raise Scene3dError(f"{path}: was trained in another normalised frame than {scene} gives with these data options (use the run's --downscale and data options)")
+    else:
+        ds = prepare_dataset(Path(scene), data_cfg, "3dgs")
+        model = model_from_scene_file(Path(path), ds, device)
     result = evaluate_model(model, ds, pick_device(device))
     result.update({"file": str(path), "scene": str(scene), "bytes": Path(path).stat().st_size})
     if json_out:
@@ -111,7 +136,7 @@ def eval_file_command(path: Path, scene: Path, data_cfg, *, json_out: bool = Fal
     else:
         Console().print(
             f"{path}: {result['eval_split']} split of {scene}, {result['num_images']} images: PSNR {result['psnr']:.2f} dB, "
-            f"SSIM {result['ssim']:.4f}, {result['num_gaussians']:,} Gaussians, {result['bytes'] / 1e6:.2f} MB"
+            f"SSIM {result['ssim']:.4f}, " + (f"{result['num_gaussians']:,} Gaussians, " if result.get("num_gaussians") is not None else "") + f"{result['bytes'] / 1e6:.2f} MB"
         )
     return result
 
@@ -158,6 +183,8 @@ def export_command(target: Path, output: Path, format: str | None = None, **opti
     from scene3d.export.formats import format_of_path, get_format, read_scene
 
     target, output = Path(target), Path(output)
+    if format == "slimmerf" or (format is None and output.name.endswith(".slimmerf")):
+        return export_slimmed(target, output, options.get("rank"))
     fmt = get_format(format) if format is not None else format_of_path(output)
     if target.is_dir():
         params, to_input = run_params_in_input_frame(target)
@@ -168,6 +195,26 @@ def export_command(target: Path, output: Path, format: str | None = None, **opti
     fmt.write(output, params, transform=to_input, **options)
     n = params["means"].shape[0]
     Console().print(f"wrote {n:,} Gaussians to {output} as {fmt.name} ({output.stat().st_size / 1e6:.2f} MB, input coordinate frame)")
+    return output
+
+
+def export_slimmed(run: Path, output: Path, rank: int | None) -> Path:
+    """A slimmerf run truncated to ``rank`` (default: its full rank) as a file that loads alone."""
+    from rich.console import Console
+
+    from scene3d.models.slimmerf import save_slimmed
+    from scene3d.train.run import load_run
+
+    if not run.is_dir():
+        raise Scene3dError(f"{run}: --format slimmerf writes a trained slimmerf run; give its run folder")
+    spec, _, model, state = load_run(run, "cpu")
+    if spec.model != "slimmerf":
+        raise Scene3dError(f"{run}: is a {spec.model} run; --format slimmerf needs a slimmerf run")
+    rank = model.rank if rank is None else rank
+    if not 1 <= rank <= model.rank:
+        raise Scene3dError(f"{run}: --rank {rank} is outside 1..{model.rank} (the rank it was trained to)")
+    save_slimmed(model, rank, output, transform=state["dataset"]["transform"])
+    Console().print(f"wrote {run} at rank {rank} (of {model.rank}) to {output} ({output.stat().st_size / 1e6:.2f} MB)")
     return output
 
 

@@ -65,6 +65,13 @@ def load_target(path: Path, device: torch.device, max_thumbnails: int = 400) -> 
 
 
 def _load_file(path: Path, device) -> ViewTarget:
+    if path.name.endswith(".slimmerf"):
+        from scene3d.models.slimmerf import load_slimmed
+
+        model, transform = load_slimmed(path, device)
+        to_input = np.eye(4) if transform is None else np.linalg.inv(np.asarray(transform, dtype=np.float64))
+        info = {"file": path.name, "file size": f"{path.stat().st_size / 1e6:.2f} MB"}
+        return ViewTarget(model, path, "file", to_input, output_dir=path.parent, info=info, up="+z")
     from scene3d.export.formats import read_scene
     from scene3d.models.config import GaussianConfig
     from scene3d.models.gaussians import GaussianModel
