@@ -324,14 +324,40 @@ def bench_view(
         print_result(result)
 
 
-BENCH_COMMANDS = {"rasterize": bench_rasterize, "densify": bench_densify, "export": bench_export, "view": bench_view}
+def bench_slim(
+    run: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")],
+    ranks: tuple[int, ...] = (1, 2, 4, 8, 12, 16),
+    images: int = 0,
+    device: str = "auto",
+    json_out: Annotated[bool, tyro.conf.arg(name="json")] = False,
+) -> None:
+    """The slimming curve of a slimmerf run: for each rank, the run written truncated to it
+    (`--format slimmerf`), loaded alone and evaluated: size on disk and test PSNR (RUN/bench_slim.png).
+
+    Args:
+        run: a trained slimmerf run folder.
+        ranks: the ranks to keep (those above the trained rank are skipped).
+        images: evaluate on this many evenly spaced test views (0: all).
+        device: auto, cpu or cuda.
+        json_out: print JSON instead of a table.
+    """
+    from scene3d.bench.slim import print_table, run_bench
+
+    result = run_bench(run, ranks, images, device)
+    if json_out:
+        print(json.dumps(result, indent=2))
+    else:
+        print_table(result)
 
 
-def bench(name: tyro.conf.Positional[Literal["rasterize", "densify", "export", "view"]]) -> None:
+BENCH_COMMANDS = {"rasterize": bench_rasterize, "densify": bench_densify, "export": bench_export, "view": bench_view, "slim": bench_slim}
+
+
+def bench(name: tyro.conf.Positional[Literal["rasterize", "densify", "export", "view", "slim"]]) -> None:
     """Benchmarks: `scene3d bench rasterize` (rasterizer backends), `scene3d bench densify SCENE`
     (densification strategies at the same time budget), `scene3d bench export RUN` (scene-file
     formats: size against quality), `scene3d bench view RUN` (viewer frame time, live-viewer
-    overhead). `scene3d bench NAME --help` for options."""
+    overhead), `scene3d bench slim RUN` (slimmerf: rank -> size -> PSNR). `scene3d bench NAME --help` for options."""
     raise AssertionError("handled by main")  # pragma: no cover
 
 

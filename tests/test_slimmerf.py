@@ -194,3 +194,17 @@ def test_view_target_for_a_slimmerf_run_and_file(slim_run, tmp_path):
     f = save_slimmed(target.model, 2, tmp_path / "v.slimmerf")
     t2 = load_target(f, torch.device("cpu"))
     assert t2.model.rank == 2 and t2.kind == "file"
+
+
+def test_bench_slim_measures_the_curve(slim_run, capsys):
+    from scene3d.cli import main
+
+    capsys.readouterr()
+    assert main(["bench", "slim", str(slim_run), "--ranks", "1", "2", "4", "--images", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = result["rows"]
+    assert [r["rank"] for r in rows] == [1, 2, 4]
+    sizes = [r["bytes"] for r in rows]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    assert all(np.isfinite(r["psnr"]) for r in rows)
+    assert (slim_run / "bench_slim.png").is_file()
