@@ -175,8 +175,10 @@ def test_the_browser_shows_the_server_render_and_switches_modes(run, browser):
         page.get_by_role("option", name=f"3: {target.camera_names[3]}").click()
         page.get_by_role("button", name="Look through camera").click()
         wxyz3, pos3, _, _ = camera_pose(target.cameras, 3)
-        wait_until(lambda: np.allclose(renderer.client.camera.position, pos3, atol=1e-4), what="the camera to move")
-        assert np.allclose(quat_to_matrix(renderer.client.camera.wxyz), quat_to_matrix(wxyz3), atol=1e-3)
+        wait_until(
+            lambda: np.allclose(renderer.client.camera.position, pos3, atol=1e-4) and np.allclose(quat_to_matrix(renderer.client.camera.wxyz), quat_to_matrix(wxyz3), atol=1e-3),
+            what="the camera to move onto training camera 3",
+        )
 
         # a browser that leaves does not stop the server: the next one gets frames
         page.close()
@@ -244,7 +246,7 @@ def test_camera_path_video_and_crop_export_from_the_page(run, browser, tmp_path)
     import imageio.v3 as iio
 
     from scene3d.export.formats import read_scene
-    from scene3d.viewer.camera import CameraPath, camera_pose, transform_c2w
+    from scene3d.viewer.camera import CameraPath, camera_pose, quat_to_matrix, transform_c2w
     from scene3d.viewer.server import ViewerServer
     from scene3d.viewer.target import load_target
 
@@ -267,8 +269,11 @@ def test_camera_path_video_and_crop_export_from_the_page(run, browser, tmp_path)
         page.get_by_label("Training camera", exact=True).click()
         page.get_by_role("option", name=f"5: {target.camera_names[5]}").click()
         page.get_by_role("button", name="Look through camera").click()
-        _, pos5, _, _ = camera_pose(target.cameras, 5)
-        wait_until(lambda: np.allclose(renderer.client.camera.position, pos5, atol=1e-4), what="the camera to move")
+        wxyz5, pos5, _, _ = camera_pose(target.cameras, 5)
+        wait_until(
+            lambda: np.allclose(renderer.client.camera.position, pos5, atol=1e-4) and np.allclose(quat_to_matrix(renderer.client.camera.wxyz), quat_to_matrix(wxyz5), atol=1e-3),
+            what="the camera to move onto training camera 5",
+        )
         page.get_by_role("button", name="Add keyframe (current view)").click()
         wait_until(lambda: "2 keyframes" in page.inner_text("body"), what="the second keyframe")
 

@@ -30,7 +30,7 @@ def run_bench(run: Path, ranks: tuple[int, ...] = (1, 2, 4, 8, 12, 16), images: 
     if images > 0 and len(ds.test_indices) > images:  # an even subset of the test views
         keep = np.linspace(0, len(ds.test_indices) - 1, images).round().astype(int)
         ds.test_indices = [ds.test_indices[i] for i in sorted(set(keep.tolist()))]
-    console = Console()
+    console = Console(stderr=True)  # progress; the result goes to stdout
     rows = []
     ranks = tuple(r for r in ranks if 1 <= r <= model.rank) or (model.rank,)
     with tempfile.TemporaryDirectory() as tmp:
