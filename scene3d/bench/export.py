@@ -115,9 +115,12 @@ def _reference_sog(exe: str, ply: Path, ref: Path, iterations: int, console, run
         if saved.get("ply_sha256") == digest and saved.get("iterations") == iterations:
             console.print(f"reusing splat-transform's sog made from the same PLY ({record})")
             return float(saved["seconds"])
-    console.print("writing sog with splat-transform (reference; its CPU k-means is slow) ...")
+    from scene3d.export.splat_transform import gpu_device_arg
+
+    device = gpu_device_arg(exe)
+    console.print(f"writing sog with splat-transform (reference, -g {device}; without a WebGPU adapter its k-means is slow) ...")
     t0 = time.perf_counter()
-    run_splat_transform(exe, "-g", "cpu", "-i", str(iterations), str(ply), str(ref))
+    run_splat_transform(exe, "-g", device, "-i", str(iterations), str(ply), str(ref), timeout=6 * 3600)
     seconds = time.perf_counter() - t0
     record.write_text(json.dumps({"ply_sha256": digest, "iterations": iterations, "seconds": seconds}))
     return seconds

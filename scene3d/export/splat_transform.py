@@ -22,9 +22,29 @@ def find_splat_transform() -> str | None:
     return shutil.which("splat-transform")
 
 
+def _env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("XDG_RUNTIME_DIR", "/tmp")  # Dawn's Vulkan loader complains without one
+    return env
+
+
+def gpu_device_arg(exe: str) -> str:
+    """``-g`` value for splat-transform's GPU work: the first WebGPU adapter it lists (a real GPU,
+    or Mesa's lavapipe on CPU-only machines, which is far faster than its JavaScript k-means),
+    else ``cpu``."""
+    import re
+
+    try:
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=120, env=_env())
+    except (OSError, subprocess.TimeoutExpired):
+        return "cpu"
+    m = re.search(r"^\[(\d+)\]", out.stdout + out.stderr, flags=re.M)
+    return m.group(1) if m else "cpu"
+
+
 def run_splat_transform(exe: str, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
     """Run it quietly, overwriting outputs; raises RuntimeError with its output when it fails."""
-    result = subprocess.run([exe, "-q", "-w", *args], capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run([exe, "-q", "-w", *args], capture_output=True, text=True, timeout=timeout, env=_env())
     if result.returncode != 0:
         raise RuntimeError(f"splat-transform {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
