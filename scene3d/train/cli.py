@@ -50,7 +50,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         "cpu": {
             # What two CPU cores train in about 20 minutes (lego at 200x200): half the rays per
             # step, smaller grids and network, the schedule compressed; the rank grows about every
-            # 40 steps (the batch loss of 2048 rays changes by more than 5% between most steps).
+            # 75 steps (the batch loss of 2048 rays changes by more than 5% between most steps).
             "train": {"max_steps": 3000, "time_budget": 1200.0},
             "model": {
                 "batch_rays": 2048,
@@ -62,7 +62,7 @@ PRESETS: dict[str, dict[str, dict]] = {
                 "step_ratio": 0.75,
                 "hidden": 64,
                 "rank_upsilon": 0.05,
-                "rank_cooldown": 40,
+                "rank_cooldown": 75,
             },
         },
     },
