@@ -121,6 +121,21 @@ def settled_frame(renderer, mode: str, after: int = 0):
             return renderer.last_frame
 
 
+def look_through_in_page(page, renderer, target, j: int) -> None:
+    """Picks training camera ``j`` in the page, presses "Look through camera" and waits until the
+    browser reports that camera's pose (position and orientation)."""
+    from scene3d.viewer.camera import camera_pose, quat_to_matrix
+
+    page.get_by_label("Training camera", exact=True).click()
+    page.get_by_role("option", name=f"{j}: {target.camera_names[j]}").click()
+    page.get_by_role("button", name="Look through camera").click()
+    wxyz, pos, _, _ = camera_pose(target.cameras, j)
+    wait_until(
+        lambda: np.allclose(renderer.client.camera.position, pos, atol=1e-4) and np.allclose(quat_to_matrix(renderer.client.camera.wxyz), quat_to_matrix(wxyz), atol=1e-3),
+        what=f"the camera to move onto training camera {j}",
+    )
+
+
 def test_the_browser_shows_the_server_render_and_switches_modes(run, browser):
     from scene3d.viewer.camera import camera_pose, quat_to_matrix, viewer_camera
     from scene3d.viewer.frames import frame_image
@@ -171,14 +186,7 @@ def test_the_browser_shows_the_server_render_and_switches_modes(run, browser):
         assert psnr(depth_shot, depth_frame.image, mask) > 28.0
 
         # "Look through camera" moves the browser's camera onto the chosen training camera
-        page.get_by_label("Training camera", exact=True).click()
-        page.get_by_role("option", name=f"3: {target.camera_names[3]}").click()
-        page.get_by_role("button", name="Look through camera").click()
-        wxyz3, pos3, _, _ = camera_pose(target.cameras, 3)
-        wait_until(
-            lambda: np.allclose(renderer.client.camera.position, pos3, atol=1e-4) and np.allclose(quat_to_matrix(renderer.client.camera.wxyz), quat_to_matrix(wxyz3), atol=1e-3),
-            what="the camera to move onto training camera 3",
-        )
+        look_through_in_page(page, renderer, target, 3)
 
         # a browser that leaves does not stop the server: the next one gets frames
         page.close()
@@ -246,7 +254,7 @@ def test_camera_path_video_and_crop_export_from_the_page(run, browser, tmp_path)
     import imageio.v3 as iio
 
     from scene3d.export.formats import read_scene
-    from scene3d.viewer.camera import CameraPath, camera_pose, quat_to_matrix, transform_c2w
+    from scene3d.viewer.camera import CameraPath, transform_c2w
     from scene3d.viewer.server import ViewerServer
     from scene3d.viewer.target import load_target
 
@@ -266,14 +274,7 @@ def test_camera_path_video_and_crop_export_from_the_page(run, browser, tmp_path)
 
         page.get_by_role("button", name="Add keyframe (current view)").click()
         wait_until(lambda: len(viewer.path.keyframes) == 1, what="the first keyframe")
-        page.get_by_label("Training camera", exact=True).click()
-        page.get_by_role("option", name=f"5: {target.camera_names[5]}").click()
-        page.get_by_role("button", name="Look through camera").click()
-        wxyz5, pos5, _, _ = camera_pose(target.cameras, 5)
-        wait_until(
-            lambda: np.allclose(renderer.client.camera.position, pos5, atol=1e-4) and np.allclose(quat_to_matrix(renderer.client.camera.wxyz), quat_to_matrix(wxyz5), atol=1e-3),
-            what="the camera to move onto training camera 5",
-        )
+        look_through_in_page(page, renderer, target, 5)
         page.get_by_role("button", name="Add keyframe (current view)").click()
         wait_until(lambda: "2 keyframes" in page.inner_text("body"), what="the second keyframe")
 

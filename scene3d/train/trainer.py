@@ -157,6 +157,18 @@ class Trainer:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def _check_finite(self, loss: torch.Tensor, step: int) -> None:
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"the loss became {loss.item()} at step {step}; training stopped and the last good checkpoint "
+                f"({self.latest}) was kept. Try a lower learning rate or a different seed"
+            )
+
+    def _optimizer_step(self) -> None:
+        for opt in self.model.optimizers.values():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
     def pixel_targets(self, cam: torch.Tensor, x: torch.Tensor, y: torch.Tensor, bg: torch.Tensor | None) -> torch.Tensor:
         """[n, 3] target colours of pixels (x, y) of images ``cam`` (composited on ``bg``)."""
         out = torch.empty(cam.shape[0], 3, device=self.device)
@@ -183,15 +195,9 @@ class Trainer:
         reg = model.regularization(step)
         if reg is not None:
             loss = loss + reg
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"the loss became {loss.item()} at step {step}; training stopped and the last good checkpoint "
-                f"({self.latest}) was kept. Try a lower learning rate or a different seed"
-            )
+        self._check_finite(loss, step)
         loss.backward()
-        for opt in model.optimizers.values():
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        self._optimizer_step()
         model.after_step(step, float(mse.detach()), cfg.max_steps, self.ds)
         self.step += 1
         return {"loss": float(loss.detach()), "psnr": float(-10 * torch.log10(mse.detach().clamp_min(1e-10)))}
@@ -217,17 +223,11 @@ class Trainer:
             grid_loss = self.grid.loss(self.model.params, step)
             if grid_loss is not None:
                 loss = loss + grid_loss
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"the loss became {loss.item()} at step {step}; training stopped and the last good checkpoint "
-                f"({self.latest}) was kept. Try a lower learning rate or a different seed"
-            )
+        self._check_finite(loss, step)
         ctx.loss = loss
         loss.backward()
         self.strategy.after_backward(ctx)
-        for opt in self.model.optimizers.values():
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        self._optimizer_step()
         self.strategy.after_step(ctx)
         self.step += 1
         with torch.no_grad():
