@@ -269,6 +269,7 @@ def bench_export(
     sog_sh_iterations: int = 10,
     sog_sh_palette: int | None = None,
     sog_layout: Literal["auto", "morton", "plas"] = "auto",
+    reference_iterations: int | None = None,
     device: str = "auto",
     json_out: Annotated[bool, tyro.conf.arg(name="json")] = False,
 ) -> None:
@@ -283,13 +284,15 @@ def bench_export(
         sog_sh_iterations: k-means iterations for the higher-SH palette (ours and splat-transform's).
         sog_sh_palette: most entries of our sog's higher-SH palette (default 8192; 0: splat-transform's rule).
         sog_layout: our sog's grid layout: morton, plas, or auto (plas for runs trained with --compress-grid).
+        reference_iterations: splat-transform's k-means iterations (default: --sog-sh-iterations). Without
+            a GPU each one takes about 18 min for 160k Gaussians and its 65,536-entry palette.
         device: auto, cpu or cuda.
         json_out: print JSON records instead of a table.
     """
     from scene3d.bench.export import print_table, run_bench
 
     sog_options = {"sh_iterations": sog_sh_iterations, "sh_palette": sog_sh_palette, "layout": sog_layout}
-    rows = run_bench(run, output, formats, reference, sog_options, device)
+    rows = run_bench(run, output, formats, reference, sog_options, device, reference_iterations)
     if json_out:
         print(json.dumps(rows, indent=2))
     else:

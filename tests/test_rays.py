@@ -386,6 +386,60 @@ def test_render_rays_without_samples_gives_the_background(backend):
     assert out.alpha.abs().max().item() == 0.0 and out.depth.abs().max().item() == 0.0
 
 
+def fog_field():
+    """A soft ball (density falling with radius) with a position-dependent, differentiable colour."""
+    tint = torch.tensor([0.3, -0.2, 0.5], requires_grad=True)
+    density = lambda p: 6.0 * torch.relu(1.0 - p.norm(dim=-1))  # noqa: E731
+    color = lambda p, d: torch.sigmoid(p * 2.0 + tint + 0.1 * d)  # noqa: E731
+    return density, color, tint
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_stage_shading_without_threshold_equals_one_stage(backend):
+    density, color, _ = fog_field()
+    g = torch.Generator().manual_seed(1)
+    o = torch.tensor([[0.0, 0.0, -3.0]]).expand(16, 3) + torch.randn(16, 3, generator=g) * torch.tensor([0.4, 0.4, 0.0])
+    d = torch.nn.functional.normalize(torch.tensor([[0.0, 0.0, 1.0]]) + torch.randn(16, 3, generator=g) * 0.05, dim=-1)
+    kw = dict(step_size=0.02, max_samples=400, background=BG, backend=backend)
+    one = render_rays(lambda p, v: (density(p), color(p, v)), o, d, BOX, **kw)
+    two = render_rays(density, o, d, BOX, color=color, **kw)
+    assert two.num_samples == one.num_samples > 0
+    torch.testing.assert_close(two.rgb, one.rgb, atol=1e-6, rtol=0)
+    torch.testing.assert_close(two.alpha, one.alpha)
+
+
+def test_two_stage_shading_shades_only_heavy_samples():
+    density, color, tint = fog_field()
+    o = torch.tensor([[0.0, 0.0, -3.0], [0.3, -0.2, -3.0]])
+    d = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    kw = dict(step_size=0.02, max_samples=400, backend="torch")
+    seen = []
+
+    def counting_color(p, v):
+        seen.append(p.shape[0])
+        return color(p, v)
+
+    threshold = 0.01
+    two = render_rays(density, o, d, BOX, color=counting_color, weight_threshold=threshold, **kw)
+    # the same image by hand: colour only where the (density-only) weight passes the threshold
+    full = render_rays(lambda p, v: (density(p), color(p, v)), o, d, BOX, **kw)
+    valid = full.samples.valid
+    heavy = valid & (full.weights > threshold)
+    assert 0 < seen[0] == int(heavy.sum()) < int(valid.sum())
+    mid = full.samples.midpoints
+    pts = o[:, None] + d[:, None] * mid[..., None]
+    rgbs = torch.where(heavy[..., None], color(pts, d[:, None].expand_as(pts)), torch.zeros(()))
+    expected = (full.weights[..., None] * rgbs).sum(1)
+    torch.testing.assert_close(two.rgb, expected, atol=1e-5, rtol=0)
+    # training: each ray's heaviest samples are shaded even above every weight
+    seen.clear()
+    g = torch.Generator().manual_seed(0)
+    topk = render_rays(density, o, d, BOX, color=counting_color, weight_threshold=2.0, shade_topk=3, stratified=True, generator=g, **kw)
+    assert seen == [6]
+    topk.rgb.sum().backward()
+    assert tint.grad is not None and tint.grad.abs().sum() > 0
+
+
 # ---------------------------------------------------------------------- pixels
 def mixed_size_cameras() -> Cameras:
     big = ring_cameras(3, 40, 30)

@@ -4,7 +4,7 @@ For every format the run's model is written in the input frame (as ``scene3d exp
 back, and the decoded scene is evaluated on the run's test split with the same renderer. Reported
 per format: file size, ratio to the PLY, write and read time, PSNR and SSIM of the decoded scene and
 the PSNR lost against the uncompressed model. When PlayCanvas splat-transform is installed, its own
-SOG encoder is run on our PLY as a reference row (``sog (splat-transform)``), measured the same way.
+SOG encoder is run on our PLY as a reference row (``sog (splat-transform -i N)``, N its k-means iterations), measured the same way.
 
 Output: a table (or ``--json`` records); in ``OUTPUT/``: the files, ``bench_export.json`` and
 ``bench_export.png`` (PSNR against size).
@@ -23,7 +23,7 @@ FILE_NAMES = {"ply": "scene.ply", "splat": "scene.splat", "compressed-ply": "sce
 
 
 def run_bench(run: Path, output: Path | None = None, formats: tuple[str, ...] = DEFAULT_FORMATS, reference: bool = True,
-              sog_options: dict | None = None, device: str = "auto") -> list[dict]:  # fmt: skip
+              sog_options: dict | None = None, device: str = "auto", reference_iterations: int | None = None) -> list[dict]:  # fmt: skip
     from rich.console import Console
 
     from scene3d.export.formats import get_format, read_scene
@@ -87,8 +87,11 @@ def run_bench(run: Path, output: Path | None = None, formats: tuple[str, ...] = 
         if not ply.exists():
             get_format("ply").write(ply, params, transform=to_input)
         ref = output / "splat-transform.sog"
-        seconds = _reference_sog(exe, ply, ref, int(sog_options["sh_iterations"]), console, run_splat_transform)
-        rows.append(measure("sog (splat-transform)", ref, seconds, "sog"))
+        iterations = int(sog_options["sh_iterations"] if reference_iterations is None else reference_iterations)
+        seconds = _reference_sog(exe, ply, ref, iterations, console, run_splat_transform)
+        row = measure(f"sog (splat-transform -i {iterations})", ref, seconds, "sog")
+        row["sh_iterations"] = iterations
+        rows.append(row)
 
     ply_bytes = next((r["bytes"] for r in rows if r["format"] == "ply"), None)
     if ply_bytes is None:
@@ -120,7 +123,7 @@ def _reference_sog(exe: str, ply: Path, ref: Path, iterations: int, console, run
     device = gpu_device_arg(exe)
     console.print(f"writing sog with splat-transform (reference, -g {device}; without a WebGPU adapter its k-means is slow) ...")
     t0 = time.perf_counter()
-    run_splat_transform(exe, "-g", device, "-i", str(iterations), str(ply), str(ref), timeout=6 * 3600)
+    run_splat_transform(exe, "-g", device, "-i", str(iterations), str(ply), str(ref), timeout=6 * 3600, progress=True)
     seconds = time.perf_counter() - t0
     record.write_text(json.dumps({"ply_sha256": digest, "iterations": iterations, "seconds": seconds}))
     return seconds

@@ -42,8 +42,18 @@ def gpu_device_arg(exe: str) -> str:
     return m.group(1) if m else "cpu"
 
 
-def run_splat_transform(exe: str, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
-    """Run it quietly, overwriting outputs; raises RuntimeError with its output when it fails."""
+def run_splat_transform(exe: str, *args: str, timeout: float = 1800, progress: bool = False) -> subprocess.CompletedProcess:
+    """Run it, overwriting outputs; raises RuntimeError with its output when it fails.
+
+    Quiet by default; with ``progress`` its own progress bars go to our stderr (for long runs such
+    as a large SOG's k-means), and the error then points there instead of quoting them."""
+    import sys
+
+    if progress:
+        result = subprocess.run([exe, "-w", "--tty", *args], stdout=sys.stderr, stderr=sys.stderr, timeout=timeout, env=_env())
+        if result.returncode != 0:
+            raise RuntimeError(f"splat-transform {' '.join(args)} failed ({result.returncode}); its output is above")
+        return result
     result = subprocess.run([exe, "-q", "-w", *args], capture_output=True, text=True, timeout=timeout, env=_env())
     if result.returncode != 0:
         raise RuntimeError(f"splat-transform {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")

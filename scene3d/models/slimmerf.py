@@ -261,62 +261,35 @@ class SlimmeRFModel(nn.Module):
         return torch.sigmoid(self.mlp(x))
 
     # ------------------------------------------------------------------ rendering
-    def render_rays(self, origins: Tensor, dirs: Tensor, *, background: Tensor | None = None, rank: int | None = None, epsilon: float | None = None,
-                    stratified: bool = False, generator: torch.Generator | None = None, crop=None):
-        """Volume-renders rays [N, 3]; returns a RayOutput (rgb, alpha, depth)."""
-        from scene3d.renderers.rays import RayOutput, ray_aabb, sample_along_rays, volume_render_fn
-
+    def _ray_options(self, rank: int | None, epsilon: float | None, crop) -> dict:
+        """The shared ray renderer's arguments for this model (two-stage shading, rank masks)."""
         aabb = self.aabb.reshape(-1)
         if crop is not None:
             lo = torch.maximum(self.aabb[0], torch.as_tensor(crop[0], dtype=torch.float32, device=aabb.device))
             hi = torch.minimum(self.aabb[1], torch.as_tensor(crop[1], dtype=torch.float32, device=aabb.device))
             aabb = torch.cat([lo, torch.maximum(hi, lo)])
-        near, far, hit = ray_aabb(origins, dirs, aabb)
-        s = sample_along_rays(origins, dirs, near, far, self.step_size, self.num_samples(), grid=self.occupancy, stratified=stratified, generator=generator)
-        t0, t1, valid = s.t_starts, s.t_ends, s.valid
-        n, m = t0.shape
-        mid = 0.5 * (t0 + t1)
-        pts = origins[:, None, :] + dirs[:, None, :] * mid[..., None]
-        sigma = torch.zeros(n, m, device=origins.device)
-        if valid.any():
-            sigma = sigma.masked_scatter(valid, self.density(pts[valid], rank, epsilon))
-        composite = volume_render_fn(self.cfg.backend)
-        with torch.no_grad():
-            weights = composite(t0, t1, sigma.detach(), torch.zeros(n, m, 3, device=origins.device))[3]
-        shade = valid & (weights > self.cfg.weight_threshold)
-        if stratified and self.cfg.shade_topk > 0 and m > 0:
-            # training: also shade each ray's heaviest samples, so colour (and through it density)
-            # learns even while every weight is still below the threshold (a dark background
-            # would otherwise leave the field without gradient at the start)
-            top = weights.topk(min(self.cfg.shade_topk, m), dim=1).indices
-            shade = shade | (torch.zeros_like(valid).scatter_(1, top, True) & valid)
-        rgbs = torch.zeros(n, m, 3, device=origins.device)
-        if shade.any():
-            d = dirs[:, None, :].expand(n, m, 3)
-            rgbs = rgbs.masked_scatter(shade[..., None], self.color(pts[shade], d[shade], rank, epsilon))
-        rgb, alpha, depth, w = composite(t0, t1, sigma, rgbs, background)
-        return RayOutput(rgb=rgb, alpha=alpha, depth=depth, num_samples=int(valid.sum()), weights=w, samples=s)
+        return dict(
+            field=lambda pts: self.density(pts, rank, epsilon), color=lambda pts, dirs: self.color(pts, dirs, rank, epsilon),
+            aabb=aabb, step_size=self.step_size, max_samples=self.num_samples(), grid=self.occupancy,
+            weight_threshold=self.cfg.weight_threshold, shade_topk=self.cfg.shade_topk, backend=self.cfg.backend,
+        )  # fmt: skip
 
-    def field(self, rank: int | None = None):
-        """(points, dirs) -> (sigma, rgb), for the generic ray renderer."""
-        return lambda pts, dirs: (self.density(pts, rank), self.color(pts, dirs, rank))
+    def render_rays(self, origins: Tensor, dirs: Tensor, *, background: Tensor | None = None, rank: int | None = None, epsilon: float | None = None,
+                    stratified: bool = False, generator: torch.Generator | None = None, crop=None):
+        """Volume-renders rays [N, 3]; returns a RayOutput (rgb, alpha, depth)."""
+        from scene3d.renderers.rays import render_rays
+
+        return render_rays(origins=origins, dirs=dirs, background=background, stratified=stratified, generator=generator,
+                           **self._ray_options(rank, epsilon, crop))  # fmt: skip
 
     @torch.no_grad()
     def render(self, cameras: Cameras, *, background: Tensor | None = None, rank: int | None = None, crop=None, chunk: int = 8192, **_unused):
         """Renders one camera's whole image in chunks of rays; returns rgb, alpha, depth [1, H, W, .]."""
-        from scene3d.renderers.rays import RayRenderOutput
+        from scene3d.renderers.rays import render_image
 
-        assert len(cameras) == 1, "render one camera at a time"
         if rank is None and self.eval_rank is not None:
             rank = min(self.eval_rank, self.rank)
-        o, d = cameras.generate_rays(0)
-        h, w = o.shape[:2]
-        o, d = o.reshape(-1, 3), d.reshape(-1, 3)
-        outs = [self.render_rays(o[i : i + chunk], d[i : i + chunk], background=background, rank=rank, crop=crop) for i in range(0, o.shape[0], chunk)]
-        rgb = torch.cat([x.rgb for x in outs]).reshape(1, h, w, 3)
-        alpha = torch.cat([x.alpha for x in outs]).reshape(1, h, w, 1)
-        depth = torch.cat([x.depth for x in outs]).reshape(1, h, w, 1)
-        return RayRenderOutput(rgb=rgb, alpha=alpha, depth=depth, num_samples=sum(x.num_samples for x in outs))
+        return render_image(cameras=cameras, chunk=chunk, background=background, **self._ray_options(rank, None, crop))
 
     # ------------------------------------------------------------------ training by rays
     def train_rays(self, origins: Tensor, dirs: Tensor, background: Tensor | None, generator: torch.Generator | None):

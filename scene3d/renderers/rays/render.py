@@ -8,6 +8,13 @@ query the field only at valid interval midpoints, scatter the answers into [N, S
     field(points [M, 3], dirs [M, 3]) -> (sigma [M], rgb [M, C])
 
 and the result is differentiable through its outputs (interval bounds are not differentiated).
+
+Two-stage shading (TensoRF's, which SlimmeRF keeps): with ``color`` given, ``field`` is a density
+function ``points [M, 3] -> sigma [M]``; the densities are composited once without gradient, and
+colour is evaluated only at samples whose weight exceeds ``weight_threshold`` (plus, with
+``shade_topk``, each ray's heaviest samples during stratified training, so colour learns while
+every weight is still small). Unshaded samples composite as black, which their weights make
+negligible.
 ``render_image`` renders every pixel centre of one camera in chunks of rays and returns images
 under the attribute names of the Gaussian ``RenderOutput``, so evaluation and the viewer can take
 either.
@@ -29,6 +36,10 @@ from scene3d.renderers.rays.volrend import RenderBackend, volume_render_fn
 
 Field = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 """points [M, 3], unit view directions [M, 3] -> (sigma [M], rgb [M, C])."""
+DensityFn = Callable[[Tensor], Tensor]
+"""points [M, 3] -> sigma [M] (the first stage of two-stage shading)."""
+ColorFn = Callable[[Tensor, Tensor], Tensor]
+"""points [M, 3], unit view directions [M, 3] -> rgb [M, C] (the second stage)."""
 
 
 @dataclass
@@ -54,7 +65,7 @@ class RayRenderOutput:
 
 
 def render_rays(
-    field: Field,
+    field: Field | DensityFn,
     origins: Tensor,  # [N, 3]
     dirs: Tensor,  # [N, 3] unit directions (depth is then a distance)
     aabb: Tensor | Sequence[float],  # [6] scene box
@@ -67,6 +78,9 @@ def render_rays(
     generator: Optional[torch.Generator] = None,
     near_min: float = 0.0,
     backend: RenderBackend = "auto",
+    color: Optional[ColorFn] = None,
+    weight_threshold: float = 0.0,
+    shade_topk: int = 0,
 ) -> RayOutput:
     """Renders N rays through ``field`` inside ``aabb`` (see the module docstring)."""
     n = origins.shape[0]
@@ -75,24 +89,46 @@ def render_rays(
     )
     near, far, _ = ray_aabb(origins.detach(), dirs.detach(), aabb, near_min)
     samples = sample_along_rays(origins, dirs, near, far, step_size, max_samples, grid, stratified, generator)
+    render = volume_render_fn(backend)
     ray, col = torch.nonzero(samples.valid, as_tuple=True)
     s = samples.valid.shape[1]
-    if len(ray):
-        t_mid = samples.midpoints[ray, col]
-        points = origins[ray] + dirs[ray] * t_mid[:, None]
-        sigma, rgb = field(points, dirs[ray])
-        m = len(ray)
-        assert sigma.reshape(-1).shape == (m,), f"field must return sigma [{m}], got {tuple(sigma.shape)}"
-        assert rgb.ndim == 2 and rgb.shape[0] == m, f"field must return rgb [{m}, C], got {tuple(rgb.shape)}"
-        sigmas = sigma.new_zeros(n, s).index_put((ray, col), sigma.reshape(-1))
-        rgbs = rgb.new_zeros(n, s, rgb.shape[1]).index_put((ray, col), rgb)
-    else:  # nothing to evaluate: the field is not called and the output does not depend on it
+    m = len(ray)
+    if m == 0:  # nothing to evaluate: the field is not called and the output does not depend on it
         c = 3 if background is None else background.shape[-1]
-        sigmas = origins.new_zeros(n, s)
-        rgbs = origins.new_zeros(n, s, c)
-    render = volume_render_fn(backend)
+        sigmas, rgbs = origins.new_zeros(n, s), origins.new_zeros(n, s, c)
+    else:
+        points = origins[ray] + dirs[ray] * samples.midpoints[ray, col][:, None]
+        if color is None:
+            sigma, rgb = field(points, dirs[ray])
+            assert rgb.ndim == 2 and rgb.shape[0] == m, f"field must return rgb [{m}, C], got {tuple(rgb.shape)}"
+        else:
+            sigma = field(points)
+        assert sigma.reshape(-1).shape == (m,), f"field must return sigma [{m}], got {tuple(sigma.shape)}"
+        sigmas = sigma.new_zeros(n, s).index_put((ray, col), sigma.reshape(-1))
+        if color is None:
+            rgbs = rgb.new_zeros(n, s, rgb.shape[1]).index_put((ray, col), rgb)
+        else:
+            rgbs = _shade(color, render, samples, sigmas, points, dirs[ray], ray, col, weight_threshold, shade_topk if stratified else 0)
     rgb_out, alpha, depth, weights = render(samples.t_starts, samples.t_ends, sigmas, rgbs, background)
-    return RayOutput(rgb_out, alpha, depth, len(ray), weights, samples)
+    return RayOutput(rgb_out, alpha, depth, m, weights, samples)
+
+
+def _shade(color: ColorFn, render, samples: RaySamples, sigmas: Tensor, points: Tensor, dirs: Tensor, ray: Tensor, col: Tensor,
+           weight_threshold: float, topk: int) -> Tensor:  # fmt: skip
+    """[N, S, C] colours: ``color`` at the valid samples that two-stage shading keeps, 0 elsewhere."""
+    n, s = sigmas.shape
+    with torch.no_grad():
+        zeros = sigmas.new_zeros(n, s, 3)
+        weights = render(samples.t_starts, samples.t_ends, sigmas.detach(), zeros, None)[3]
+    keep = weights[ray, col] > weight_threshold
+    if topk > 0 and s > 0:
+        heavy = torch.zeros_like(samples.valid).scatter_(1, weights.topk(min(topk, s), dim=1).indices, True)
+        keep = keep | heavy[ray, col]
+    if not bool(keep.any()):
+        return sigmas.new_zeros(n, s, 3)
+    rgb = color(points[keep], dirs[keep])
+    assert rgb.ndim == 2 and rgb.shape[0] == int(keep.sum()), f"color must return rgb [{int(keep.sum())}, C], got {tuple(rgb.shape)}"
+    return rgb.new_zeros(n, s, rgb.shape[1]).index_put((ray[keep], col[keep]), rgb)
 
 
 def render_image(
