@@ -65,3 +65,26 @@ def test_export_converts_files_and_refuses_bad_targets(run, tmp_path):
     assert read_sog(plas)["means"].shape == read_ply(ply)["means"].shape
     missing = cli("export", str(tmp_path / "nope.ply"), "-o", str(tmp_path / "y.ply"))
     assert missing.returncode == 2 and "nope.ply" in missing.stderr and "does not exist" in missing.stderr
+
+
+def test_bench_export_reference_sog_from_splat_transform(run, tmp_path):
+    from scene3d.export.splat_transform import find_splat_transform
+
+    if find_splat_transform() is None:
+        pytest.skip("splat-transform is not installed (scripts/setup.sh installs it when npm is reachable)")
+    args = ("bench", "export", str(run), "-o", str(tmp_path / "b"), "--formats", "sog", "--reference-iterations", "1", "--json")
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout[r.stdout.index("[") :])
+    assert [row["format"] for row in rows] == ["sog", "sog (splat-transform -i 1)"]
+    ours, ref = rows
+    assert ref["sh_iterations"] == 1 and ref["file"] == str(tmp_path / "b" / "splat-transform.sog")
+    assert ref["ratio_to_ply"] > 3 and ref["psnr_lost"] < 3, ref  # its SOG of our PLY decodes to the same scene
+    assert ref["num_gaussians"] == ours["num_gaussians"]
+    record = json.loads((tmp_path / "b" / "splat-transform.sog.json").read_text())
+    assert record["iterations"] == 1 and len(record["ply_sha256"]) == 64
+    assert "k-means" in r.stderr  # its own progress is shown
+    # the same PLY and iterations: the slow reference is reused, not remade
+    again = cli(*args)
+    assert again.returncode == 0 and "reusing splat-transform's sog" in again.stderr, again.stderr
+    assert json.loads(again.stdout[again.stdout.index("[") :])[1]["bytes"] == ref["bytes"]

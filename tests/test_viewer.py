@@ -303,3 +303,11 @@ def test_train_with_live_viewer_from_the_cli(tmp_path):
     args = ["train", str(scene), "-o", str(out), "--max-steps", "30", "--model.sh-degree", "0", "--viewer", "--viewer-port", str(port), "--no-viewer-wait"]
     assert main(args) == 0
     assert (out / "checkpoints" / "latest.pt").is_file()
+    # the viewer benchmark on that run: render times per mode, and the same steps trained without,
+    # with and again without the live viewer (through Trainer.timed_step, as `train --viewer` does)
+    assert main(["bench", "view", str(out), "--size", "32", "--frames", "2", "--train-steps", "3", "--json"]) == 0
+    result = json.loads((out / "bench_view.json").read_text())
+    assert [r["mode"] for r in result["render"]] == ["rgb", "depth"]
+    assert all(r["frames"] == 2 and r["median_ms"] > 0 for r in result["render"])
+    training = result["training"]
+    assert training["steps"] == 3 and all(training[f"{k} s/step"] > 0 for k in ("without viewer", "with viewer", "without viewer (again)"))

@@ -101,13 +101,7 @@ def training_overhead(run: Path, steps: int, device: str) -> dict:
             try:
                 t0 = time.perf_counter()
                 while trainer.step < steps:  # the fit loop without the final evaluation
-                    if viewer is not None:
-                        viewer.wait_while_paused()
-                        with viewer.lock:
-                            stats = trainer.train_step()
-                        viewer.training_update(step=trainer.step, max_steps=steps, loss=stats["loss"], psnr=stats["psnr"], model=trainer.model.describe(), elapsed=0.0)
-                    else:
-                        trainer.train_step()
+                    trainer.timed_step()
                 result[label] = (time.perf_counter() - t0) / steps
             finally:
                 if viewer is not None:

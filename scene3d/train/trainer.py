@@ -94,6 +94,7 @@ class Trainer:
         self._images: dict[int, torch.Tensor] = {}
         self.last_eval: dict | None = None
         self.viewer = None  # a live ViewerServer (scene3d train --viewer), set by run_training
+        self.smoothed: tuple[float, float] | None = None  # moving averages of the training loss and PSNR
         self.grid = None
         if getattr(cfg, "compress_grid", False):
             if getattr(model, "name", None) != "3dgs":
@@ -234,13 +235,35 @@ class Trainer:
             train_psnr = float(psnr(out.rgb.detach(), gt))
         return {"loss": float(loss.detach()), "psnr": train_psnr}
 
+    def timed_step(self) -> dict:
+        """One training step, its time added to ``elapsed`` and its loss and PSNR to ``smoothed``
+        (exponential moving averages). With a live viewer it first waits while the viewer is paused
+        (not counted), holds the viewer's lock during the step, so a frame never sees a half-updated
+        model, and then sends the viewer the step's figures."""
+        if self.viewer is not None:
+            self.viewer.wait_while_paused()
+        t0 = time.perf_counter()
+        if self.viewer is None:
+            stats = self.train_step()
+        else:
+            with self.viewer.lock:
+                stats = self.train_step()
+        self.elapsed += time.perf_counter() - t0
+        if self.smoothed is None:
+            self.smoothed = (stats["loss"], stats["psnr"])
+        else:
+            self.smoothed = (0.9 * self.smoothed[0] + 0.1 * stats["loss"], 0.9 * self.smoothed[1] + 0.1 * stats["psnr"])
+        if self.viewer is not None:
+            loss, psnr_ = self.smoothed
+            self.viewer.training_update(step=self.step, max_steps=self.cfg.max_steps, loss=loss, psnr=psnr_, model=self.model.describe(), elapsed=self.elapsed)
+        return stats
+
     def fit(self) -> dict:
         """Trains until ``max_steps`` or the time budget, then evaluates. Returns the final metrics."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        ema_loss = ema_psnr = None
         columns = [TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn()]
         stopped_by = "max_steps"
         with Progress(*columns, transient=False) as bar:
@@ -249,15 +272,8 @@ class Trainer:
                 if cfg.time_budget > 0 and self.elapsed >= cfg.time_budget:
                     stopped_by = "time_budget"
                     break
-                if self.viewer is not None:
-                    self.viewer.wait_while_paused()
-                t0 = time.perf_counter()
                 try:
-                    if self.viewer is None:
-                        stats = self.train_step()
-                    else:
-                        with self.viewer.lock:  # the viewer never renders a half-updated model
-                            stats = self.train_step()
+                    stats = self.timed_step()
                 except RuntimeError as e:
                     if "out of memory" in str(e).lower() or "can't allocate memory" in str(e).lower():
                         raise Scene3dError(
@@ -265,11 +281,7 @@ class Trainer:
                             "lower the resolution (--downscale) or cap the count (--strategy.max-gaussians)"
                         ) from None
                     raise
-                self.elapsed += time.perf_counter() - t0
-                ema_loss = stats["loss"] if ema_loss is None else 0.9 * ema_loss + 0.1 * stats["loss"]
-                ema_psnr = stats["psnr"] if ema_psnr is None else 0.9 * ema_psnr + 0.1 * stats["psnr"]
-                if self.viewer is not None:
-                    self.viewer.training_update(step=self.step, max_steps=cfg.max_steps, loss=ema_loss, psnr=ema_psnr, model=self.model.describe(), elapsed=self.elapsed)
+                ema_loss, ema_psnr = self.smoothed
                 if self.step % cfg.log_every == 0 or self.step == 1:
                     self.log({"step": self.step, "split": "train", "loss": stats["loss"], "psnr": stats["psnr"], **self.model.train_stats(), "elapsed": round(self.elapsed, 3)})
                     bar.update(task, completed=self.step, stats=f"loss {ema_loss:.4f}  psnr {ema_psnr:.2f}  {self.model.describe()}")
