@@ -72,7 +72,7 @@ def unit(q: torch.Tensor) -> torch.Tensor:
     return q / q.norm(dim=1, keepdim=True)
 
 
-def check_bounds(orig: dict, dec: dict, meta: dict, labels: np.ndarray | None, truncated: bool = False) -> None:
+def check_bounds(orig: dict, dec: dict, meta: dict, labels: np.ndarray | None, truncated: bool = False, position_bits: int = 16) -> None:
     """Assert every decoded attribute is within the documented bound of the original (same order).
 
     ``truncated``: the file was written by splat-transform, which truncates instead of rounding, so
@@ -80,7 +80,7 @@ def check_bounds(orig: dict, dec: dict, meta: dict, labels: np.ndarray | None, t
     """
     step = 1.0 if truncated else 0.5
     # means: a (half) 16-bit step of the log code, in world units
-    s = (np.array(meta["means"]["maxs"]) - np.array(meta["means"]["mins"])) / 65535
+    s = (np.array(meta["means"]["maxs"]) - np.array(meta["means"]["mins"])) / 65535 * 2 ** (16 - position_bits)
     x = orig["means"].double().numpy()
     bound = (1 + np.abs(x)) * (np.exp(step * s) - 1) + 1e-6 * (1 + np.abs(x))
     assert (np.abs(dec["means"].double().numpy() - x) <= bound).all()
@@ -330,6 +330,25 @@ def test_small_models_and_order(tmp_path):
             write_sog(tmp_path / "bad.sog", model, order=bad)
 
 
+@pytest.mark.parametrize("bits", [13, 10])
+def test_fewer_position_bits(tmp_path, written, bits):
+    """Coarser position codes: within the coarser bound, on the coarser grid, in a smaller file."""
+    model, path16, _ = written[3]
+    path = write_sog(tmp_path / "b.sog", model, position_bits=bits)
+    meta, dec = sog_meta(path), read_sog(path)
+    check_bounds(permuted(model, morton_order(model["means"])), dec, meta, sog_labels(path, 2000), position_bits=bits)
+    codes = sog_image(path, "means_l.webp")[..., :3].astype(np.int64) + 256 * sog_image(path, "means_u.webp")[..., :3].astype(np.int64)
+    assert (codes % (1 << (16 - bits)) == 0).all()
+    assert (sog_image(path, "means_l.webp")[..., :3] != sog_image(path16, "means_l.webp")[..., :3]).any()
+    assert path.stat().st_size < path16.stat().st_size - 2000 * 3 * (16 - bits) / 8 * 0.5
+    for other in ("quats.webp", "scales.webp", "sh0.webp"):  # only the positions change
+        assert (sog_image(path, other) == sog_image(path16, other)).all()
+    for bad in (7, 17):
+        with pytest.raises(ValueError, match="position_bits"):
+            write_sog(tmp_path / "bad.sog", model, position_bits=bad)
+    assert not (tmp_path / "bad.sog").exists()
+
+
 def test_write_refuses_bad_models(tmp_path):
     model = random_model(20, 0)
     model["opacities"][3] = float("nan")
@@ -383,6 +402,15 @@ def test_ours_opens_in_splat_transform(tmp_path, written):
     for key in KEYS:  # splat-transform decodes our file to the same values, in the same order
         torch.testing.assert_close(theirs[key], dec[key], atol=1e-6, rtol=0)
     check_bounds(permuted(model, morton_order(model["means"])), theirs, sog_meta(path), sog_labels(path, 2000))
+
+
+def test_fewer_position_bits_open_in_splat_transform(tmp_path, written):
+    model, _, _ = written[0]
+    path = write_sog(tmp_path / "b.sog", model, position_bits=12)
+    run_splat_transform(str(path), str(tmp_path / "st.ply"))
+    theirs, dec = read_ply(tmp_path / "st.ply"), read_sog(path)
+    torch.testing.assert_close(theirs["means"], dec["means"], atol=1e-6, rtol=0)
+    check_bounds(permuted(model, morton_order(model["means"])), theirs, sog_meta(path), None, position_bits=12)
 
 
 def match_by_position(dec: dict, model: dict) -> np.ndarray:
