@@ -144,6 +144,8 @@ def export(
     sog_sh_palette: int | None = None,
     sog_layout: Literal["auto", "morton", "plas"] = "auto",
     sog_position_bits: int = 16,
+    sog_weighted: bool = True,
+    prune_below: float | None = None,
 ) -> None:
     """Writes a trained run (in the input data's coordinate frame) or converts a scene file to a
     format other tools open: ply, splat, compressed-ply, spz, sog (default: from OUTPUT's name).
@@ -157,6 +159,8 @@ def export(
         sog_sh_palette: most entries of sog's higher-SH palette (default 8192; 0: splat-transform's rule, up to 65536).
         sog_layout: sog's grid layout: morton (Z-order of positions), plas (self-organising sort), or auto: plas for runs trained with --compress-grid, morton otherwise.
         sog_position_bits: precision of sog's 16-bit positions, 8..16 (13: a smaller file, on fox at no measurable PSNR cost).
+        sog_weighted: for a run: cluster sog's higher SH weighted by each Gaussian's contribution to the training views.
+        prune_below: for a run: drop the Gaussians that contribute fewer pixels than this to all training views together (e.g. 1).
     """
     from scene3d.train.commands import export_command
 
@@ -171,7 +175,7 @@ def export(
 
         fmt = format_of_path(output).name
     options = {"sh_iterations": sog_sh_iterations, "sh_palette": sog_sh_palette, "layout": sog_layout, "position_bits": sog_position_bits} if fmt == "sog" else {}
-    export_command(target, output, fmt, **options)
+    export_command(target, output, fmt, prune_below=prune_below, weighted=sog_weighted, **options)
 
 
 def view(
@@ -272,6 +276,8 @@ def bench_export(
     sog_sh_palette: int | None = None,
     sog_layout: Literal["auto", "morton", "plas"] = "auto",
     sog_position_bits: int = 16,
+    sog_weighted: bool = True,
+    prune_below: float | None = None,
     reference_iterations: int | None = None,
     device: str = "auto",
     json_out: Annotated[bool, tyro.conf.arg(name="json")] = False,
@@ -288,6 +294,8 @@ def bench_export(
         sog_sh_palette: most entries of our sog's higher-SH palette (default 8192; 0: splat-transform's rule).
         sog_layout: our sog's grid layout: morton, plas, or auto (plas for runs trained with --compress-grid).
         sog_position_bits: precision of our sog's 16-bit positions, 8..16.
+        sog_weighted: cluster our sog's higher SH weighted by each Gaussian's contribution to the training views.
+        prune_below: first drop the Gaussians that contribute fewer pixels than this to the training views (every format; ratios stay to the whole model's PLY).
         reference_iterations: splat-transform's k-means iterations (default: --sog-sh-iterations). Without
             a GPU each one takes about 18 min for 160k Gaussians and its 65,536-entry palette.
         device: auto, cpu or cuda.
@@ -296,7 +304,7 @@ def bench_export(
     from scene3d.bench.export import print_table, run_bench
 
     sog_options = {"sh_iterations": sog_sh_iterations, "sh_palette": sog_sh_palette, "layout": sog_layout, "position_bits": sog_position_bits}
-    rows = run_bench(run, output, formats, reference, sog_options, device, reference_iterations)
+    rows = run_bench(run, output, formats, reference, sog_options, device, reference_iterations, prune_below, sog_weighted)
     if json_out:
         print(json.dumps(rows, indent=2))
     else:

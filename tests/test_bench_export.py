@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from scene3d.export import read_ply
 
@@ -88,3 +89,22 @@ def test_bench_export_reference_sog_from_splat_transform(run, tmp_path):
     again = cli(*args)
     assert again.returncode == 0 and "reusing splat-transform's sog" in again.stderr, again.stderr
     assert json.loads(again.stdout[again.stdout.index("[") :])[1]["bytes"] == ref["bytes"]
+
+
+def test_bench_export_prunes_every_format_and_keeps_the_whole_model_as_the_ratio_base(run, tmp_path):
+    from scene3d.compress.importance import run_contributions
+
+    contrib = run_contributions(run, progress=False)
+    threshold = float(torch.quantile(contrib, 0.5)) + 1e-3
+    r = cli("bench", "export", str(run), "-o", str(tmp_path / "b"), "--formats", "ply", "sog", "--no-reference",
+            "--prune-below", str(threshold), "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout[r.stdout.index("[") :])
+    kept = int((contrib >= threshold).sum())
+    assert [row["num_gaussians"] for row in rows] == [kept, kept] and kept < len(contrib)
+    ply = rows[0]
+    assert ply["ratio_to_ply"] == pytest.approx(len(contrib) / kept, rel=0.01)  # the pruned PLY against the whole one
+    assert ply["psnr_lost"] > -0.5  # pruning what contributes least costs little (it can even help a little)
+    saved = json.loads((tmp_path / "b" / "bench_export.json").read_text())
+    assert saved["prune_below"] == pytest.approx(threshold) and saved["full_count"] == len(contrib)
+    assert saved["sog_options"]["weighted"] is True

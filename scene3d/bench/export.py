@@ -23,7 +23,8 @@ FILE_NAMES = {"ply": "scene.ply", "splat": "scene.splat", "compressed-ply": "sce
 
 
 def run_bench(run: Path, output: Path | None = None, formats: tuple[str, ...] = DEFAULT_FORMATS, reference: bool = True,
-              sog_options: dict | None = None, device: str = "auto", reference_iterations: int | None = None) -> list[dict]:  # fmt: skip
+              sog_options: dict | None = None, device: str = "auto", reference_iterations: int | None = None,
+              prune_below: float | None = None, weighted: bool = True) -> list[dict]:  # fmt: skip
     from rich.console import Console
 
     from scene3d.export.formats import get_format, read_scene
@@ -54,6 +55,19 @@ def run_bench(run: Path, output: Path | None = None, formats: tuple[str, ...] = 
     console.print(f"evaluating the run's model on its {'test' if ds.test_indices else 'train'} split ...")
     base = evaluate_model(model, ds, dev, bg_mode)
     params, to_input = checkpoint_params_in_input_frame(state)
+    full_count = params["means"].shape[0]
+    weighted = weighted and "sog" in formats
+    if prune_below is not None or weighted:
+        from scene3d.compress.importance import gaussian_contributions
+
+        console.print("weighing the Gaussians by their contributions to the training views ...")
+        contrib = gaussian_contributions(model, ds.cameras[list(ds.train_indices)]).cpu()
+        if prune_below is not None:
+            keep = contrib >= float(prune_below)
+            params, contrib = {k: v[keep] for k, v in params.items()}, contrib[keep]
+            console.print(f"pruned {full_count - int(keep.sum()):,} of {full_count:,} Gaussians contributing under {prune_below:g} pixels")
+        if weighted:
+            sog_options = {**sog_options, "weights": contrib}
     del model
 
     def measure(label: str, path: Path, write_seconds: float, fmt_name: str) -> dict:
@@ -93,14 +107,16 @@ def run_bench(run: Path, output: Path | None = None, formats: tuple[str, ...] = 
         row["sh_iterations"] = iterations
         rows.append(row)
 
-    ply_bytes = next((r["bytes"] for r in rows if r["format"] == "ply"), None)
-    if ply_bytes is None:
-        n = params["means"].shape[0]
-        ply_bytes = 4 * n * (3 + 3 + 3 + 3 * params["shN"].shape[1] + 1 + 3 + 4) + 600  # what write_ply would write
+    # the ratio is to the whole model's PLY (what write_ply writes for every Gaussian), pruned or not
+    per_gaussian = 4 * (3 + 3 + 3 + 3 * params["shN"].shape[1] + 1 + 3 + 4)
+    written = params["means"].shape[0]
+    ply_row = next((r for r in rows if r["format"] == "ply"), None)
+    ply_bytes = (ply_row["bytes"] if ply_row else 600 + per_gaussian * written) + per_gaussian * (full_count - written)
     for r in rows:
         r["ratio_to_ply"] = ply_bytes / r["bytes"]
         r["model_psnr"] = base["psnr"]
-    (output / "bench_export.json").write_text(json.dumps({"run": str(run), "model": base, "sog_options": sog_options, "rows": rows}, indent=2))
+    saved_options = {k: v for k, v in sog_options.items() if k != "weights"} | {"weighted": weighted}
+    (output / "bench_export.json").write_text(json.dumps({"run": str(run), "model": base, "sog_options": saved_options, "prune_below": prune_below, "full_count": full_count, "rows": rows}, indent=2))
     plot_bench(rows, base, output / "bench_export.png")
     return rows
 

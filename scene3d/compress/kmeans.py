@@ -1,9 +1,16 @@
 """k-means clustering in torch, and 1D scalar codebooks, for quantising Gaussian attributes.
 
-:func:`kmeans` ``(points [N, D], k, iterations, seed) -> (centroids [k', D], labels [N])``:
+:func:`kmeans` ``(points [N, D], k, iterations, seed, weights) -> (centroids [k', D], labels [N])``:
 
 * ``k' <= min(k, N)``; every returned centroid is the mean (accumulated in float64) of the points
   labelled with it, so none is empty or NaN; labels lie in ``[0, k')``. Seeded and deterministic.
+* ``weights`` [N] (optional, >= 0) make it minimise the weighted squared error: centroids are
+  weighted means, seeds are drawn in proportion to weight, clusters are shared out between coarse
+  groups by weight, and emptied clusters are re-seeded at the worst weighted error. Used for the SOG
+  higher-SH palette with each Gaussian's contribution to the training images as its weight
+  (sensitivity-aware clustering, as in Niedermayr et al., CVPR 2024): the palette then spends its
+  entries on the Gaussians that show. A tiny floor (1e-6 of the mean weight) keeps points of zero
+  weight from leaving a centroid undefined.
 * Lloyd's algorithm with a fixed number of iterations. Assignment is chunked: a block of points at a
   time against all centroids, with distances ``|c|^2 - 2 x.c`` from one matrix product (``|x|^2`` is
   constant per point), blocks bounded to ~64 MB, so memory stays at the points plus one block.
@@ -59,6 +66,7 @@ def kmeans(
     probe: int = 3,
     refine: int = 2,
     flat_limit: int = FLAT_LIMIT,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Cluster ``points`` [N, D] into at most ``k`` clusters.
 
@@ -70,6 +78,7 @@ def kmeans(
         probe: coarse clusters each point searches during the two-level refinement.
         refine: global refinement passes of the two-level path.
         flat_limit: ``N * k`` above which the two-level path is used.
+        weights: optional [N] non-negative finite weights of the points (see the module docstring).
 
     Returns:
         ``(centroids [k', D] float32, labels [N] int64)``; with ``N <= k`` every point is its own
@@ -83,13 +92,20 @@ def kmeans(
     if not bool(torch.isfinite(x).all()):
         raise ValueError("points have NaN or Inf values")
     n = x.shape[0]
+    w = None
+    if weights is not None:
+        w = torch.as_tensor(weights).detach().to(device=x.device, dtype=torch.float64).reshape(-1)
+        if w.shape[0] != n or not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+            raise ValueError(f"weights must be [{n}] finite and >= 0")
+        mean = float(w.mean()) if n else 0.0
+        w = w + 1e-6 * mean if mean > 0 else torch.ones_like(w)
     if n <= k:
         return x.clone(), torch.arange(n, device=x.device)
     gen = torch.Generator().manual_seed(int(seed))
     if n * k <= flat_limit:
         with _single_thread(x.device):
-            return _flat(x, k, iterations, gen)
-    return _two_level(x, k, iterations, gen, probe=max(1, probe), refine=max(0, refine))
+            return _flat(x, k, iterations, gen, w)
+    return _two_level(x, k, iterations, gen, probe=max(1, probe), refine=max(0, refine), w=w)
 
 
 def _nearest(x: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
@@ -109,30 +125,43 @@ def _nearest(x: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     return dist.clamp_min_(0.0), labels
 
 
-def _means(x: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """(float64 sums / counts where nonempty, counts) of the points in each of ``k`` clusters."""
+def _means(x: Tensor, labels: Tensor, k: int, w: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(float64 (weighted) means where nonempty, counts) of the points in each of ``k`` clusters."""
     sums = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device)
-    sums.index_add_(0, labels, x.to(torch.float64))
     counts = torch.bincount(labels, minlength=k)
-    return sums / counts.clamp_min(1).unsqueeze(1).to(torch.float64), counts
+    if w is None:
+        sums.index_add_(0, labels, x.to(torch.float64))
+        return sums / counts.clamp_min(1).unsqueeze(1).to(torch.float64), counts
+    sums.index_add_(0, labels, x.to(torch.float64) * w.unsqueeze(1))
+    total = torch.zeros(k, dtype=torch.float64, device=x.device).index_add_(0, labels, w)
+    return sums / torch.where(total > 0, total, 1.0).unsqueeze(1), counts
 
 
 def _randperm(n: int, gen: torch.Generator, device) -> Tensor:
     return torch.randperm(n, generator=gen).to(device)
 
 
-def _kmeanspp(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
-    """k-means++ seeds (fewer than ``k`` when the points have fewer distinct values).
+def _draw(n: int, m: int, gen: torch.Generator, device, w: Tensor | None = None) -> Tensor:
+    """``m`` distinct indices of ``n`` points: uniformly, or in proportion to ``w``."""
+    if w is None:
+        return _randperm(n, gen, device)[:m]
+    return torch.multinomial(w.cpu(), min(m, n), replacement=False, generator=gen).to(device)
+
+
+def _kmeanspp(x: Tensor, k: int, gen: torch.Generator, w: Tensor | None = None) -> Tensor:
+    """k-means++ seeds (fewer than ``k`` when the points have fewer distinct values); with weights,
+    each next seed is drawn in proportion to weight times squared distance.
 
     Sequential by nature, so it runs in numpy on the CPU, where a step costs microseconds."""
     pts = x.detach().cpu().numpy().astype(np.float64)
     rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=gen)))
     n = pts.shape[0]
-    chosen = [int(rng.integers(n))]
+    wn = None if w is None else w.detach().cpu().numpy()
+    chosen = [int(rng.integers(n)) if wn is None else int(np.searchsorted(np.cumsum(wn), rng.random() * wn.sum(), side="right").clip(0, n - 1))]
     diff = pts - pts[chosen[0]]
     d2 = np.einsum("ij,ij->i", diff, diff)
     for _ in range(1, k):
-        cum = np.cumsum(d2)
+        cum = np.cumsum(d2 if wn is None else d2 * wn)
         if not cum[-1] > 0.0:
             break
         i = min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), n - 1)
@@ -142,14 +171,13 @@ def _kmeanspp(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
     return x[torch.tensor(chosen, device=x.device)].clone()
 
 
-def _init(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
+def _init(x: Tensor, k: int, gen: torch.Generator, w: Tensor | None = None) -> Tensor:
     n = x.shape[0]
     if k <= _KMEANSPP_MAX_K:
-        sample = x
-        if n > _KMEANSPP_SAMPLES_PER_CLUSTER * k:
-            sample = x[_randperm(n, gen, x.device)[: _KMEANSPP_SAMPLES_PER_CLUSTER * k]]
-        return _kmeanspp(sample, k, gen)
-    return x[_randperm(n, gen, x.device)[:k]].clone()
+        if n > _KMEANSPP_SAMPLES_PER_CLUSTER * k:  # a sample, drawn by weight: k-means++ on it unweighted
+            return _kmeanspp(x[_draw(n, _KMEANSPP_SAMPLES_PER_CLUSTER * k, gen, x.device, w)], k, gen)
+        return _kmeanspp(x, k, gen, w)
+    return x[_draw(n, k, gen, x.device, w)].clone()
 
 
 def _compact(c: Tensor, labels: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
@@ -161,18 +189,20 @@ def _compact(c: Tensor, labels: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]
     return c[keep].to(torch.float32), remap[labels]
 
 
-def _lloyd(x: Tensor, c: Tensor, iterations: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+def _lloyd(x: Tensor, c: Tensor, iterations: int, gen: torch.Generator, w: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``iterations`` Lloyd steps from centroids ``c``; returns compacted (centroids, labels)."""
     k = c.shape[0]
     for it in range(iterations):
         d2, labels = _nearest(x, c)
-        means, counts = _means(x, labels, k)
+        means, counts = _means(x, labels, k, w)
         c_new = torch.where((counts > 0).unsqueeze(1), means.to(torch.float32), c)
         if it == iterations - 1:
             return _compact(means, labels, counts)
         empty = torch.nonzero(counts == 0).flatten()
         if empty.numel():
             # re-seed at the points farthest from their centroid (if they are not already exact)
+            if w is not None:
+                d2 = d2 * w.to(d2.dtype)
             far = torch.topk(d2, min(int(empty.numel()), x.shape[0])).indices
             far = far[d2[far] > 0]
             m = int(far.numel())
@@ -182,14 +212,15 @@ def _lloyd(x: Tensor, c: Tensor, iterations: int, gen: torch.Generator) -> tuple
     raise AssertionError("unreachable")
 
 
-def _flat(x: Tensor, k: int, iterations: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    return _lloyd(x, _init(x, k, gen), iterations, gen)
+def _flat(x: Tensor, k: int, iterations: int, gen: torch.Generator, w: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    return _lloyd(x, _init(x, k, gen, w), iterations, gen, w)
 
 
-def _allot(counts: np.ndarray, k: int) -> np.ndarray:
-    """Split ``k`` clusters over groups of ``counts`` points: >= 1 per nonempty group, <= its size."""
-    n = int(counts.sum())
-    quota = k * counts / n
+def _allot(counts: np.ndarray, k: int, mass: np.ndarray | None = None) -> np.ndarray:
+    """Split ``k`` clusters over groups of ``counts`` points, in proportion to ``mass`` (default the
+    counts): >= 1 per nonempty group, <= its size."""
+    mass = counts if mass is None else mass
+    quota = k * mass / mass.sum()
     alloc = np.clip(np.floor(quota), 1, counts).astype(np.int64)
     alloc[counts == 0] = 0
     while alloc.sum() < k:
@@ -232,31 +263,33 @@ def _segments(keys: Tensor, k: int) -> tuple[Tensor, np.ndarray]:
 
 
 def _two_level(
-    x: Tensor, k: int, iterations: int, gen: torch.Generator, probe: int, refine: int
+    x: Tensor, k: int, iterations: int, gen: torch.Generator, probe: int, refine: int, w: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     n = x.shape[0]
     k1 = int(math.ceil(math.sqrt(k)))
-    sample = x[_randperm(n, gen, x.device)[: min(n, 64 * k1)]]
+    sample = x[_draw(n, min(n, 64 * k1), gen, x.device, w)]
     with _single_thread(x.device):
         coarse, _ = _flat(sample, k1, iterations, gen)
     k1 = coarse.shape[0]
     probe = min(probe, k1)
     near = _nearest_k(x, coarse, probe)  # [n, probe], nearest first
     group = near[:, 0].contiguous()
-    alloc = _allot(torch.bincount(group, minlength=k1).cpu().numpy(), k)
+    mass = None if w is None else torch.zeros(k1, dtype=torch.float64, device=x.device).index_add_(0, group, w).cpu().numpy()
+    alloc = _allot(torch.bincount(group, minlength=k1).cpu().numpy(), k, mass)
     members, bounds = _segments(group, k1)
 
     with _single_thread(x.device):
         # fine clusters inside each coarse cluster
         centroids, owner = [], []
         for g in np.flatnonzero(alloc):
-            xg = x[members[bounds[g] : bounds[g + 1]]]
+            idx = members[bounds[g] : bounds[g + 1]]
+            xg, wg = x[idx], None if w is None else w[idx]
             kg = int(alloc[g])
             if kg <= _GROUP_KMEANSPP_MAX_K:  # few clusters: likely separate modes, seed them well
-                cg = _init(xg, kg, gen)
+                cg = _init(xg, kg, gen, wg)
             else:  # many: k-means++'s sequential steps would dominate the run time
-                cg = xg[_randperm(xg.shape[0], gen, x.device)[:kg]].clone()
-            cg, _ = _lloyd(xg, cg, iterations, gen)
+                cg = xg[_draw(xg.shape[0], kg, gen, x.device, wg)].clone()
+            cg, _ = _lloyd(xg, cg, iterations, gen, wg)
             centroids.append(cg)
             owner.append(torch.full((cg.shape[0],), int(g), dtype=torch.long, device=x.device))
         c = torch.cat(centroids)
@@ -280,11 +313,13 @@ def _two_level(
                 better = d < best[pts]
                 best[pts] = torch.where(better, d, best[pts])
                 labels[pts] = torch.where(better, cids[i], labels[pts])
-            means, counts = _means(x, labels, c.shape[0])
+            means, counts = _means(x, labels, c.shape[0], w)
             c = torch.where((counts > 0).unsqueeze(1), means.to(torch.float32), c)
             empty = torch.nonzero(counts == 0).flatten()
             free = int(empty.numel()) + k - c.shape[0]
             if step < refine and free > 0:
+                if w is not None:
+                    best = best * w.to(best.dtype)
                 far = torch.topk(best, min(free, n)).indices
                 far = far[best[far] > 0]
                 e = min(int(far.numel()), int(empty.numel()))

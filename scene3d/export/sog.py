@@ -214,7 +214,7 @@ def _codebook_list(codebook: np.ndarray) -> list[float]:
 
 
 def _encode(arrays: dict[str, np.ndarray], seq: np.ndarray, sh_iterations: int, sh_palette: int | None,
-            seed: int, device, webp_method: int, position_bits: int = 16) -> dict[str, bytes]:  # fmt: skip
+            seed: int, device, webp_method: int, position_bits: int = 16, weights=None) -> dict[str, bytes]:  # fmt: skip
     n = arrays["means"].shape[0]
     width, height = sog_grid_shape(n)
     files: dict[str, bytes] = {}
@@ -257,7 +257,8 @@ def _encode(arrays: dict[str, np.ndarray], seq: np.ndarray, sh_iterations: int, 
         if not 1 <= palette <= MAX_PALETTE:
             raise ValueError(f"sh_palette must be in 1..{MAX_PALETTE}, got {palette}")
         vectors = torch.from_numpy(np.ascontiguousarray(arrays["shN"].reshape(n, num_rest * 3))).to(device)
-        centroids, labels = kmeans(vectors, palette, iterations=sh_iterations, seed=seed)
+        w = None if weights is None else torch.as_tensor(np.asarray(weights, dtype=np.float64)).to(device)
+        centroids, labels = kmeans(vectors, palette, iterations=sh_iterations, seed=seed, weights=w)
         centroids = centroids.cpu().numpy().reshape(-1, num_rest, 3)
         labels = labels.cpu().numpy()
         count = centroids.shape[0]
@@ -302,6 +303,7 @@ def write_sog(
     webp_method: int = 4,
     layout: str = "morton",
     position_bits: int = 16,
+    weights=None,
 ) -> Path:
     """Write a Gaussian model as a PlayCanvas SOG (version 2).
 
@@ -326,13 +328,17 @@ def write_sog(
         position_bits: precision of the 16-bit position codes, 8..16: below 16 the codes are rounded
             to multiples of ``2^(16 - position_bits)``, which readers decode as usual. On the fox
             benchmark 13 bits cost no measurable PSNR and made the file 8% smaller.
+        weights: optional [N] non-negative weights of the Gaussians (in ``params`` order) for the
+            higher-SH k-means, e.g. their contributions to the training images
+            (:mod:`scene3d.compress.importance`): the palette then favours the Gaussians that show.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
         ValueError: a tensor has the wrong shape, a value is NaN or Inf (the message names it), the
-            model is empty, ``order`` is not a permutation, or ``position_bits`` is outside 8..16.
+            model is empty, ``order`` is not a permutation, ``position_bits`` is outside 8..16, or
+            ``weights`` do not match the model (one finite value >= 0 per Gaussian).
     """
     if not 8 <= int(position_bits) <= 16:
         raise ValueError(f"position_bits must be in 8..16, got {position_bits}")
@@ -350,7 +356,11 @@ def write_sog(
     seq = morton_order(arrays["means"]) if order is None else _grid_sequence(order, n)
     shN = params.get("shN")
     device = shN.device if isinstance(shN, Tensor) else torch.device("cpu")
-    files = _encode(arrays, seq, sh_iterations, sh_palette, seed, device, webp_method, int(position_bits))
+    if weights is not None:
+        weights = np.asarray(weights.detach().cpu() if isinstance(weights, Tensor) else weights, dtype=np.float64).reshape(-1)
+        if weights.shape[0] != n or not np.isfinite(weights).all() or (weights < 0).any():
+            raise ValueError(f"weights must be one finite value >= 0 for each of the {n} Gaussians")
+    files = _encode(arrays, seq, sh_iterations, sh_palette, seed, device, webp_method, int(position_bits), weights)
 
     if path.suffix.lower() == ".json":
         meta = files.pop("meta.json")

@@ -156,6 +156,34 @@ def run_params_in_input_frame(run: Path) -> tuple[dict, np.ndarray]:
     return checkpoint_params_in_input_frame(state)
 
 
+def weigh_and_prune(run: Path, params: dict, prune_below: float | None, weighted: bool, device: str = "auto") -> tuple[dict, object]:
+    """(params without the Gaussians contributing fewer than ``prune_below`` pixels to the run's
+    training views, their contributions for weighting or None). Contributions are computed only
+    when needed; a run whose data cannot be loaded is refused for pruning and exported unweighted."""
+    from rich.console import Console
+
+    from scene3d.compress.importance import run_contributions
+
+    if prune_below is None and not weighted:
+        return params, None
+    console = Console(stderr=True)
+    try:
+        contrib = run_contributions(run, device)
+    except Scene3dError as e:
+        if prune_below is not None:
+            raise
+        console.print(f"note: the SOG palette is clustered unweighted ({e})")
+        return params, None
+    if prune_below is not None:
+        keep = contrib >= float(prune_below)
+        if not bool(keep.any()):
+            raise Scene3dError(f"{run}: no Gaussian contributes {prune_below} pixels to the training views; nothing would be left")
+        console.print(f"pruned {int((~keep).sum()):,} of {len(keep):,} Gaussians contributing under {prune_below:g} pixels to the training views")
+        params = {k: v[keep] for k, v in params.items()}
+        contrib = contrib[keep]
+    return params, (contrib if weighted else None)
+
+
 def checkpoint_params_in_input_frame(state: dict) -> tuple[dict, np.ndarray]:
     """(params on the CPU, normalised -> input transform) of a loaded checkpoint."""
     to_input = np.linalg.inv(np.asarray(state["dataset"]["transform"], dtype=np.float64))
@@ -175,9 +203,15 @@ def sog_layout_for(target: Path) -> str:
     return "morton"
 
 
-def export_command(target: Path, output: Path, format: str | None = None, **options) -> Path:
+def export_command(target: Path, output: Path, format: str | None = None, *, prune_below: float | None = None,
+                   weighted: bool = True, device: str = "auto", **options) -> Path:  # fmt: skip
     """Writes a run (in the input data's frame) or converts a scene file, as ``format`` (default:
-    what ``output``'s name says)."""
+    what ``output``'s name says).
+
+    For a run, ``prune_below`` drops the Gaussians that contribute fewer pixels than that to the
+    training views, and ``weighted`` clusters a SOG's higher SH weighted by those contributions
+    (:mod:`scene3d.compress.importance`; when the run's data cannot be loaded the SOG is written
+    unweighted, with a note)."""
     from rich.console import Console
 
     from scene3d.export.formats import format_of_path, get_format, read_scene
@@ -186,8 +220,13 @@ def export_command(target: Path, output: Path, format: str | None = None, **opti
     if format == "slimmerf" or (format is None and output.name.endswith(".slimmerf")):
         return export_slimmed(target, output, options.get("rank"))
     fmt = get_format(format) if format is not None else format_of_path(output)
+    if prune_below is not None and not target.is_dir():
+        raise Scene3dError(f"{target}: --prune-below needs a run folder (its training views weigh the Gaussians), not a scene file")
     if target.is_dir():
         params, to_input = run_params_in_input_frame(target)
+        params, weights = weigh_and_prune(target, params, prune_below, weighted and fmt.name == "sog", device)
+        if weights is not None:
+            options = {**options, "weights": weights}
     else:
         params, to_input = read_scene(target), None
     if options.get("layout") == "auto":
