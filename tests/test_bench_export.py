@@ -104,7 +104,8 @@ def test_bench_export_prunes_every_format_and_keeps_the_whole_model_as_the_ratio
     assert [row["num_gaussians"] for row in rows] == [kept, kept] and kept < len(contrib)
     ply = rows[0]
     assert ply["ratio_to_ply"] == pytest.approx(len(contrib) / kept, rel=0.01)  # the pruned PLY against the whole one
-    assert ply["psnr_lost"] > -0.5  # pruning what contributes least costs little (it can even help a little)
+    # half of a 40-step model is a real loss (measured 1.25 dB); the SOG adds its own small one on top
+    assert 0 < ply["psnr_lost"] < 3 and abs(rows[1]["psnr_lost"] - ply["psnr_lost"]) < 0.5
     saved = json.loads((tmp_path / "b" / "bench_export.json").read_text())
     assert saved["prune_below"] == pytest.approx(threshold) and saved["full_count"] == len(contrib)
     assert saved["sog_options"]["weighted"] is True
