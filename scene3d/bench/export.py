@@ -117,7 +117,8 @@ def run_bench(run: Path, output: Path | None = None, formats: tuple[str, ...] = 
         r["model_psnr"] = base["psnr"]
     saved_options = {k: v for k, v in sog_options.items() if k != "weights"} | {"weighted": weighted}
     (output / "bench_export.json").write_text(json.dumps({"run": str(run), "model": base, "sog_options": saved_options, "prune_below": prune_below, "full_count": full_count, "rows": rows}, indent=2))
-    plot_bench(rows, base, output / "bench_export.png")
+    note = f"{written:,} of {full_count:,} Gaussians (pruned under {prune_below:g} px)" if prune_below is not None else ""
+    plot_bench(rows, base, output / "bench_export.png", note)
     return rows
 
 
@@ -145,7 +146,7 @@ def _reference_sog(exe: str, ply: Path, ref: Path, iterations: int, console, run
     return seconds
 
 
-def plot_bench(rows: list[dict], base: dict, path: Path) -> None:
+def plot_bench(rows: list[dict], base: dict, path: Path, note: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -156,7 +157,7 @@ def plot_bench(rows: list[dict], base: dict, path: Path) -> None:
         ax.scatter(r["bytes"] / 1e6, r["psnr"], s=40)
         ax.annotate(r["format"], (r["bytes"] / 1e6, r["psnr"]), textcoords="offset points", xytext=(5, 5))
     ax.axhline(base["psnr"], color="gray", ls="--", lw=1, label="uncompressed model")
-    ax.set(xscale="log", xlabel="file size (MB, log)", ylabel=f"{base['eval_split']} PSNR (dB)", title="scene files: quality against size")
+    ax.set(xscale="log", xlabel="file size (MB, log)", ylabel=f"{base['eval_split']} PSNR (dB)", title="scene files: quality against size" + (f"\n{note}" if note else ""))
     ax.legend()
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
