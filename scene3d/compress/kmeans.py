@@ -157,7 +157,10 @@ def _kmeanspp(x: Tensor, k: int, gen: torch.Generator, w: Tensor | None = None) 
     rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=gen)))
     n = pts.shape[0]
     wn = None if w is None else w.detach().cpu().numpy()
-    chosen = [int(rng.integers(n)) if wn is None else int(np.searchsorted(np.cumsum(wn), rng.random() * wn.sum(), side="right").clip(0, n - 1))]
+    if wn is None:
+        chosen = [int(rng.integers(n))]
+    else:  # the first seed in proportion to weight
+        chosen = [min(int(np.searchsorted(np.cumsum(wn), rng.random() * wn.sum(), side="right")), n - 1)]
     diff = pts - pts[chosen[0]]
     d2 = np.einsum("ij,ij->i", diff, diff)
     for _ in range(1, k):
