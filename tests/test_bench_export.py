@@ -109,3 +109,36 @@ def test_bench_export_prunes_every_format_and_keeps_the_whole_model_as_the_ratio
     saved = json.loads((tmp_path / "b" / "bench_export.json").read_text())
     assert saved["prune_below"] == pytest.approx(threshold) and saved["full_count"] == len(contrib)
     assert saved["sog_options"]["weighted"] is True
+
+
+def test_reference_sog_falls_back_to_the_cpu_when_the_adapter_fails(tmp_path, monkeypatch):
+    """A listed WebGPU adapter that cannot run (a driver missing a feature) must not end the
+    benchmark: the reference is written again with splat-transform's CPU k-means."""
+    from rich.console import Console
+
+    import scene3d.export.splat_transform as st
+    from scene3d.bench.export import _reference_sog
+    from scene3d.export import write_ply
+    from tests.synthetic import known_gaussians
+
+    exe = st.find_splat_transform()
+    if exe is None:
+        pytest.skip("splat-transform is not installed (scripts/setup.sh installs it when npm is reachable)")
+    g = known_gaussians(300)
+    params = {"means": g["means"], "quats": g["quats"], "scales": g["scales"].log(), "opacities": torch.logit(g["opacities"]),
+              "sh0": torch.zeros(300, 1, 3), "shN": 0.1 * torch.randn(300, 3, 3, generator=torch.Generator().manual_seed(0))}  # fmt: skip
+    write_ply(tmp_path / "m.ply", params)
+    monkeypatch.setattr(st, "gpu_device_arg", lambda exe: "0")
+    tried = []
+
+    def adapter_fails(exe, *args, **kw):  # what splat-transform does when the adapter cannot run
+        tried.append(args[args.index("-g") + 1])
+        if tried[-1] != "cpu":
+            raise RuntimeError("splat-transform failed (1): device lost")
+        return st.run_splat_transform(exe, *args, **kw)
+
+    console = Console(stderr=True, record=True, width=200)
+    seconds = _reference_sog(exe, tmp_path / "m.ply", tmp_path / "ref.sog", 1, console, adapter_fails)
+    assert tried == ["0", "cpu"]
+    assert seconds > 0 and (tmp_path / "ref.sog").stat().st_size > 0
+    assert "again with -g cpu" in console.export_text()

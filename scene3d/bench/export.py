@@ -140,7 +140,14 @@ def _reference_sog(exe: str, ply: Path, ref: Path, iterations: int, console, run
     device = gpu_device_arg(exe)
     console.print(f"writing sog with splat-transform (reference, -g {device}; without a WebGPU adapter its k-means is slow) ...")
     t0 = time.perf_counter()
-    run_splat_transform(exe, "-g", device, "-i", str(iterations), str(ply), str(ref), timeout=6 * 3600, progress=True)
+    try:
+        run_splat_transform(exe, "-g", device, "-i", str(iterations), str(ply), str(ref), timeout=6 * 3600, progress=True)
+    except RuntimeError:
+        if device == "cpu":
+            raise
+        console.print(f"splat-transform failed on WebGPU adapter {device}; writing the reference again with -g cpu ...")
+        t0 = time.perf_counter()
+        run_splat_transform(exe, "-g", "cpu", "-i", str(iterations), str(ply), str(ref), timeout=6 * 3600, progress=True)
     seconds = time.perf_counter() - t0
     record.write_text(json.dumps({"ply_sha256": digest, "iterations": iterations, "seconds": seconds}))
     return seconds
