@@ -142,3 +142,9 @@ def test_reference_sog_falls_back_to_the_cpu_when_the_adapter_fails(tmp_path, mo
     assert tried == ["0", "cpu"]
     assert seconds > 0 and (tmp_path / "ref.sog").stat().st_size > 0
     assert "again with -g cpu" in console.export_text()
+
+
+def test_bench_export_refuses_to_prune_everything(run, tmp_path):
+    r = cli("bench", "export", str(run), "-o", str(tmp_path / "b"), "--formats", "ply", "--no-reference", "--prune-below", "1e12")
+    assert r.returncode != 0 and "nothing would be left" in r.stderr
+    assert not (tmp_path / "b" / "scene.ply").exists()

@@ -76,7 +76,7 @@ def run(tmp_path_factory) -> Path:
     return out
 
 
-def test_export_prunes_and_weighs(run, tmp_path):
+def test_export_prunes_and_weighs(run, tmp_path, monkeypatch):
     from scene3d.compress.importance import run_contributions
 
     contrib = run_contributions(run, progress=False)
@@ -92,6 +92,22 @@ def test_export_prunes_and_weighs(run, tmp_path):
         assert r.returncode == 0, r.stderr
         with zipfile.ZipFile(tmp_path / name) as zf:
             assert json.loads(zf.read("meta.json"))["count"] == contrib.shape[0]
+    # the contributions reach the palette's k-means (in process, to see its arguments)
+    import scene3d.export.sog as sog_module
+    from scene3d.train.commands import export_command
+
+    seen = []
+    real_kmeans = sog_module.kmeans
+
+    def spy(vectors, k, **kw):
+        seen.append(kw.get("weights"))
+        return real_kmeans(vectors, k, **kw)
+
+    monkeypatch.setattr(sog_module, "kmeans", spy)
+    export_command(run, tmp_path / "w2.sog", "sog")
+    export_command(run, tmp_path / "u2.sog", "sog", weighted=False)
+    assert seen[1] is None and seen[0] is not None
+    torch.testing.assert_close(seen[0].cpu().double(), contrib.double(), rtol=1e-5, atol=1e-6)
     # pruning needs the run's views: a scene file is refused, as is pruning everything
     r = cli("export", str(tmp_path / "p.ply"), "-o", str(tmp_path / "x.sog"), "--prune-below", "1")
     assert r.returncode != 0 and "needs a run folder" in r.stderr and not (tmp_path / "x.sog").exists()
@@ -103,7 +119,7 @@ def test_weighted_palette_favours_gaussians_that_show(tmp_path):
     """Half the Gaussians are out of sight, their SH from many prototypes; the visible half's SH
     come from 32. A 64-entry palette weighted by contribution keeps the visible SH nearly exact;
     unweighted, it spreads over both halves."""
-    from scene3d.export.sog import read_sog, write_sog
+    from scene3d.export.sog import morton_order, read_sog, write_sog
 
     n = 3000
     g = known_gaussians(n)
@@ -118,10 +134,11 @@ def test_weighted_palette_favours_gaussians_that_show(tmp_path):
     assert bool((contrib[n // 2 :] == 0).all()) and bool((contrib[: n // 2] > 0).any())
     params = {k: v.detach() for k, v in model.params.items()}
     errors = {}
+    seq = morton_order(params["means"])  # the default grid order the file holds the Gaussians in
     for name, weights in (("unweighted", None), ("weighted", contrib)):
-        dec = read_sog(write_sog(tmp_path / f"{name}.sog", params, order=np.arange(n), sh_palette=64, weights=weights))
-        per_gaussian = ((dec["shN"] - params["shN"]) ** 2).sum(dim=(1, 2))
-        errors[name] = float((contrib * per_gaussian).sum() / contrib.sum())
+        dec = read_sog(write_sog(tmp_path / f"{name}.sog", params, sh_palette=64, weights=weights))
+        per_gaussian = ((dec["shN"] - params["shN"][seq]) ** 2).sum(dim=(1, 2))
+        errors[name] = float((contrib[seq] * per_gaussian).sum() / contrib.sum())
     assert errors["weighted"] < 0.1 * errors["unweighted"], errors
     with pytest.raises(ValueError, match="weights"):
         write_sog(tmp_path / "bad.sog", params, weights=torch.ones(5))

@@ -56,7 +56,7 @@ def run_bench(run: Path, output: Path | None = None, formats: tuple[str, ...] = 
     base = evaluate_model(model, ds, dev, bg_mode)
     params, to_input = checkpoint_params_in_input_frame(state)
     full_count = params["means"].shape[0]
-    weighted = weighted and "sog" in formats
+    weighted = weighted and "sog" in formats and params["shN"].shape[1] > 0  # the weights serve the SH palette
     if prune_below is not None or weighted:
         from scene3d.compress.importance import gaussian_contributions
 
@@ -64,6 +64,8 @@ def run_bench(run: Path, output: Path | None = None, formats: tuple[str, ...] = 
         contrib = gaussian_contributions(model, ds.cameras[list(ds.train_indices)]).cpu()
         if prune_below is not None:
             keep = contrib >= float(prune_below)
+            if not bool(keep.any()):
+                raise Scene3dError(f"{run}: no Gaussian contributes {prune_below} pixels to the training views; nothing would be left")
             params, contrib = {k: v[keep] for k, v in params.items()}, contrib[keep]
             console.print(f"pruned {full_count - int(keep.sum()):,} of {full_count:,} Gaussians contributing under {prune_below:g} pixels")
         if weighted:
@@ -98,7 +100,7 @@ def run_bench(run: Path, output: Path | None = None, formats: tuple[str, ...] = 
         console.print("splat-transform is not installed: no reference SOG row (scripts/setup.sh installs it)")
     if exe is not None:
         ply = output / FILE_NAMES["ply"]
-        if not ply.exists():
+        if "ply" not in formats:  # always this model's (pruned) PLY, never one left by an earlier run
             get_format("ply").write(ply, params, transform=to_input)
         ref = output / "splat-transform.sog"
         iterations = int(sog_options["sh_iterations"] if reference_iterations is None else reference_iterations)

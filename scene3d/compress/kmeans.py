@@ -145,7 +145,11 @@ def _draw(n: int, m: int, gen: torch.Generator, device, w: Tensor | None = None)
     """``m`` distinct indices of ``n`` points: uniformly, or in proportion to ``w``."""
     if w is None:
         return _randperm(n, gen, device)[:m]
-    return torch.multinomial(w.cpu(), min(m, n), replacement=False, generator=gen).to(device)
+    # without replacement in proportion to w: the m largest log(w) + Gumbel noise (any n, unlike
+    # torch.multinomial's 2^24 categories)
+    u = torch.rand(n, generator=gen, dtype=torch.float64).clamp_(1e-300, 1.0)
+    keys = torch.log(w.detach().cpu().to(torch.float64)) - torch.log(-torch.log(u))
+    return torch.topk(keys, min(m, n)).indices.to(device)
 
 
 def _kmeanspp(x: Tensor, k: int, gen: torch.Generator, w: Tensor | None = None) -> Tensor:

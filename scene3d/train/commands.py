@@ -224,7 +224,8 @@ def export_command(target: Path, output: Path, format: str | None = None, *, pru
         raise Scene3dError(f"{target}: --prune-below needs a run folder (its training views weigh the Gaussians), not a scene file")
     if target.is_dir():
         params, to_input = run_params_in_input_frame(target)
-        params, weights = weigh_and_prune(target, params, prune_below, weighted and fmt.name == "sog", device)
+        weighted = weighted and fmt.name == "sog" and params["shN"].shape[1] > 0  # the weights serve the SH palette
+        params, weights = weigh_and_prune(target, params, prune_below, weighted, device)
         if weights is not None:
             options = {**options, "weights": weights}
     else:
@@ -281,8 +282,10 @@ def demo_command(output: Path, *, max_steps: int = 3000, time_budget: float = 42
     from scene3d.train.run import load_run
     from scene3d.train.trainer import evaluate_model
 
-    spec, ds, _, _ = load_run(output, "cpu")
-    sog_metrics = evaluate_model(model_from_scene_file(sog, ds, "cpu"), ds, torch.device("cpu"), spec.train_cfg.get("background_mode", "auto"))
+    from scene3d.train.trainer import pick_device
+
+    spec, ds, _, _ = load_run(output)
+    sog_metrics = evaluate_model(model_from_scene_file(sog, ds), ds, pick_device("auto"), spec.train_cfg.get("background_mode", "auto"))
     table = Table(title="scene3d demo", show_header=False)
     table.add_row("scene", str(scene))
     table.add_row("steps", f"{result['steps']} ({result['train_seconds']} s)")
