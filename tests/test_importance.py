@@ -113,6 +113,10 @@ def test_export_prunes_and_weighs(run, tmp_path, monkeypatch):
     assert r.returncode != 0 and "needs a run folder" in r.stderr and not (tmp_path / "x.sog").exists()
     r = cli("export", str(run), "-o", str(tmp_path / "y.sog"), "--prune-below", "1e12")
     assert r.returncode != 0 and "nothing would be left" in r.stderr and not (tmp_path / "y.sog").exists()
+    for flag, value, words in (("--sog-position-bits", "20", "8..16"), ("--sog-sh-palette", "70000", "0..65536")):
+        r = cli("export", str(run), "-o", str(tmp_path / "z.sog"), flag, value)
+        assert r.returncode != 0 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert not (tmp_path / "z.sog").exists()
 
 
 def test_weighted_palette_favours_gaussians_that_show(tmp_path):

@@ -35,6 +35,9 @@ def run_bench(run: Path, output: Path | None = None, formats: tuple[str, ...] = 
 
     console = Console(stderr=True)
     sog_options = {"sh_iterations": 10, **(sog_options or {})}
+    from scene3d.train.commands import check_sog_options
+
+    check_sog_options(sog_options)
     if sog_options.get("layout", "auto") == "auto":
         from scene3d.train.commands import sog_layout_for
 

@@ -156,6 +156,17 @@ def run_params_in_input_frame(run: Path) -> tuple[dict, np.ndarray]:
     return checkpoint_params_in_input_frame(state)
 
 
+def check_sog_options(options: dict) -> None:
+    """Refuses SOG options out of range before any work is done (one sentence naming the flag)."""
+    bits, palette = options.get("position_bits", 16), options.get("sh_palette")
+    if not 8 <= int(bits) <= 16:
+        raise Scene3dError(f"--sog-position-bits must be in 8..16, got {bits}")
+    if palette is not None and not 0 <= int(palette) <= 65536:
+        raise Scene3dError(f"--sog-sh-palette must be in 0..65536 (0: splat-transform's rule), got {palette}")
+    if int(options.get("sh_iterations", 10)) < 1:
+        raise Scene3dError(f"--sog-sh-iterations must be at least 1, got {options['sh_iterations']}")
+
+
 def weigh_and_prune(run: Path, params: dict, prune_below: float | None, weighted: bool, device: str = "auto") -> tuple[dict, object]:
     """(params without the Gaussians contributing fewer than ``prune_below`` pixels to the run's
     training views, their contributions for weighting or None). Contributions are computed only
@@ -220,6 +231,8 @@ def export_command(target: Path, output: Path, format: str | None = None, *, pru
     if format == "slimmerf" or (format is None and output.name.endswith(".slimmerf")):
         return export_slimmed(target, output, options.get("rank"))
     fmt = get_format(format) if format is not None else format_of_path(output)
+    if fmt.name == "sog":
+        check_sog_options(options)
     if prune_below is not None and not target.is_dir():
         raise Scene3dError(f"{target}: --prune-below needs a run folder (its training views weigh the Gaussians), not a scene file")
     if target.is_dir():
