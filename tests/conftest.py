@@ -25,3 +25,15 @@ def shared_scene(name: str) -> Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Downscaled-image caches go to a per-session temporary folder, never to ~/.cache."""
     monkeypatch.setenv("SCENE3D_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "scene3d-cache"))
+
+
+@pytest.fixture(scope="session")
+def short_run(tmp_path_factory) -> Path:
+    """A 3dgs run of the embedded default scene, 40 steps at --downscale 4, trained once per session
+    through the CLI. Tests only read it (they write their outputs elsewhere)."""
+    from tests.runs import DEFAULT_SCENE, cli
+
+    out = tmp_path_factory.mktemp("short_run") / "run"
+    r = cli("train", str(DEFAULT_SCENE), "-o", str(out), "--preset", "short", "--max-steps", "40", "--downscale", "4")
+    assert r.returncode == 0, r.stderr
+    return out

@@ -3,34 +3,18 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from scene3d.export import read_ply
-
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_SCENE = REPO / "data" / "default_scene"
+from tests.runs import cli
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "scene3d", *args], capture_output=True, text=True, timeout=900)
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bench_export") / "run"
-    r = cli("train", str(DEFAULT_SCENE), "-o", str(out), "--preset", "short", "--max-steps", "40", "--downscale", "4")
-    assert r.returncode == 0, r.stderr
-    return out
-
-
-def test_bench_export_measures_every_format(run, tmp_path):
+def test_bench_export_measures_every_format(short_run, tmp_path):
     formats = ["ply", "splat", "compressed-ply", "spz", "sog"]
-    r = cli("bench", "export", str(run), "-o", str(tmp_path / "b"), "--formats", *formats, "--no-reference", "--json")
+    r = cli("bench", "export", str(short_run), "-o", str(tmp_path / "b"), "--formats", *formats, "--no-reference", "--json")
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout[r.stdout.index("[") :])
     assert [row["format"] for row in rows] == formats
@@ -49,17 +33,17 @@ def test_bench_export_measures_every_format(run, tmp_path):
     assert (tmp_path / "b" / "bench_export.png").stat().st_size > 10_000
 
 
-def test_export_converts_files_and_refuses_bad_targets(run, tmp_path):
+def test_export_converts_files_and_refuses_bad_targets(short_run, tmp_path):
     ply = tmp_path / "a.ply"
-    assert cli("export", str(run), "-o", str(ply)).returncode == 0
+    assert cli("export", str(short_run), "-o", str(ply)).returncode == 0
     again = tmp_path / "b.ply"
     r = cli("export", str(ply), "-o", str(again))
     assert r.returncode == 0, r.stderr
     assert again.read_bytes() == ply.read_bytes()  # file -> file keeps the frame and every value
-    bad = cli("export", str(run), "-o", str(tmp_path / "x.obj"))
+    bad = cli("export", str(short_run), "-o", str(tmp_path / "x.obj"))
     assert bad.returncode == 2 and "x.obj" in bad.stderr
     plas = tmp_path / "grid.sog"
-    r = cli("export", str(run), "-o", str(plas), "--sog-layout", "plas", "--sog-sh-palette", "0")
+    r = cli("export", str(short_run), "-o", str(plas), "--sog-layout", "plas", "--sog-sh-palette", "0")
     assert r.returncode == 0, r.stderr
     from scene3d.export.sog import read_sog
 
@@ -68,12 +52,12 @@ def test_export_converts_files_and_refuses_bad_targets(run, tmp_path):
     assert missing.returncode == 2 and "nope.ply" in missing.stderr and "does not exist" in missing.stderr
 
 
-def test_bench_export_reference_sog_from_splat_transform(run, tmp_path):
+def test_bench_export_reference_sog_from_splat_transform(short_run, tmp_path):
     from scene3d.export.splat_transform import find_splat_transform
 
     if find_splat_transform() is None:
         pytest.skip("splat-transform is not installed (scripts/setup.sh installs it when npm is reachable)")
-    args = ("bench", "export", str(run), "-o", str(tmp_path / "b"), "--formats", "sog", "--reference-iterations", "1", "--json")
+    args = ("bench", "export", str(short_run), "-o", str(tmp_path / "b"), "--formats", "sog", "--reference-iterations", "1", "--json")
     r = cli(*args)
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout[r.stdout.index("[") :])
@@ -91,12 +75,12 @@ def test_bench_export_reference_sog_from_splat_transform(run, tmp_path):
     assert json.loads(again.stdout[again.stdout.index("[") :])[1]["bytes"] == ref["bytes"]
 
 
-def test_bench_export_prunes_every_format_and_keeps_the_whole_model_as_the_ratio_base(run, tmp_path):
+def test_bench_export_prunes_every_format_and_keeps_the_whole_model_as_the_ratio_base(short_run, tmp_path):
     from scene3d.compress.importance import run_contributions
 
-    contrib = run_contributions(run, progress=False)
+    contrib = run_contributions(short_run, progress=False)
     threshold = float(torch.quantile(contrib, 0.5)) + 1e-3
-    r = cli("bench", "export", str(run), "-o", str(tmp_path / "b"), "--formats", "ply", "sog", "--no-reference",
+    r = cli("bench", "export", str(short_run), "-o", str(tmp_path / "b"), "--formats", "ply", "sog", "--no-reference",
             "--prune-below", str(threshold), "--json")  # fmt: skip
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout[r.stdout.index("[") :])
@@ -144,7 +128,7 @@ def test_reference_sog_falls_back_to_the_cpu_when_the_adapter_fails(tmp_path, mo
     assert "again with -g cpu" in console.export_text()
 
 
-def test_bench_export_refuses_to_prune_everything(run, tmp_path):
-    r = cli("bench", "export", str(run), "-o", str(tmp_path / "b"), "--formats", "ply", "--no-reference", "--prune-below", "1e12")
+def test_bench_export_refuses_to_prune_everything(short_run, tmp_path):
+    r = cli("bench", "export", str(short_run), "-o", str(tmp_path / "b"), "--formats", "ply", "--no-reference", "--prune-below", "1e12")
     assert r.returncode != 0 and "nothing would be left" in r.stderr
     assert not (tmp_path / "b" / "scene.ply").exists()

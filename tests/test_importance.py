@@ -4,10 +4,7 @@ export: weighted SOG palettes and ``--prune-below``."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,10 +12,8 @@ import torch
 
 from scene3d.compress.importance import gaussian_contributions
 from scene3d.export import read_ply
+from tests.runs import cli
 from tests.synthetic import known_gaussians, ring_cameras
-
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_SCENE = REPO / "data" / "default_scene"
 
 
 def model_of(g: dict, degree: int = 1):
@@ -64,31 +59,19 @@ def test_an_occluded_gaussian_contributes_little():
     assert contrib[0] > 20 * contrib[1] and alone[0] > 10 * contrib[1]  # measured 147x and 15x
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "scene3d", *args], capture_output=True, text=True, timeout=900)
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("importance") / "run"
-    r = cli("train", str(DEFAULT_SCENE), "-o", str(out), "--preset", "short", "--max-steps", "40", "--downscale", "4")
-    assert r.returncode == 0, r.stderr
-    return out
-
-
-def test_export_prunes_and_weighs(run, tmp_path, monkeypatch):
+def test_export_prunes_and_weighs(short_run, tmp_path, monkeypatch):
     from scene3d.compress.importance import run_contributions
 
-    contrib = run_contributions(run, progress=False)
+    contrib = run_contributions(short_run, progress=False)
     threshold = float(torch.quantile(contrib, 0.3)) + 1e-3
-    r = cli("export", str(run), "-o", str(tmp_path / "p.ply"), "--prune-below", str(threshold))
+    r = cli("export", str(short_run), "-o", str(tmp_path / "p.ply"), "--prune-below", str(threshold))
     assert r.returncode == 0, r.stderr
     assert "pruned" in r.stderr
     kept = read_ply(tmp_path / "p.ply")
     assert kept["means"].shape[0] == int((contrib >= threshold).sum()) < contrib.shape[0]
     # weighted (default) and unweighted SOG palettes: both valid files of every Gaussian
     for flag, name in (("--sog-weighted", "w.sog"), ("--no-sog-weighted", "u.sog")):
-        r = cli("export", str(run), "-o", str(tmp_path / name), flag)
+        r = cli("export", str(short_run), "-o", str(tmp_path / name), flag)
         assert r.returncode == 0, r.stderr
         with zipfile.ZipFile(tmp_path / name) as zf:
             assert json.loads(zf.read("meta.json"))["count"] == contrib.shape[0]
@@ -104,17 +87,17 @@ def test_export_prunes_and_weighs(run, tmp_path, monkeypatch):
         return real_kmeans(vectors, k, **kw)
 
     monkeypatch.setattr(sog_module, "kmeans", spy)
-    export_command(run, tmp_path / "w2.sog", "sog")
-    export_command(run, tmp_path / "u2.sog", "sog", weighted=False)
+    export_command(short_run, tmp_path / "w2.sog", "sog")
+    export_command(short_run, tmp_path / "u2.sog", "sog", weighted=False)
     assert seen[1] is None and seen[0] is not None
     torch.testing.assert_close(seen[0].cpu().double(), contrib.double(), rtol=1e-5, atol=1e-6)
     # pruning needs the run's views: a scene file is refused, as is pruning everything
     r = cli("export", str(tmp_path / "p.ply"), "-o", str(tmp_path / "x.sog"), "--prune-below", "1")
     assert r.returncode != 0 and "needs a run folder" in r.stderr and not (tmp_path / "x.sog").exists()
-    r = cli("export", str(run), "-o", str(tmp_path / "y.sog"), "--prune-below", "1e12")
+    r = cli("export", str(short_run), "-o", str(tmp_path / "y.sog"), "--prune-below", "1e12")
     assert r.returncode != 0 and "nothing would be left" in r.stderr and not (tmp_path / "y.sog").exists()
     for flag, value, words in (("--sog-position-bits", "20", "8..16"), ("--sog-sh-palette", "70000", "0..65536")):
-        r = cli("export", str(run), "-o", str(tmp_path / "z.sog"), flag, value)
+        r = cli("export", str(short_run), "-o", str(tmp_path / "z.sog"), flag, value)
         assert r.returncode != 0 and words in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert not (tmp_path / "z.sog").exists()
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from scene3d.train.config import TrainConfig
 from scene3d.train.run import create_trainer
 from scene3d.train.trainer import TrainingDiverged
 from synthetic import write_synthetic_scene
+from tests.runs import cli
 
 
 @pytest.fixture(scope="module")
@@ -99,10 +98,6 @@ def test_refuses_to_overwrite_a_run(scene, tmp_path):
     with pytest.raises(Scene3dError, match="already holds files"):
         quick(scene, tmp_path / "run", 10)
     assert (tmp_path / "run" / "x").read_text() == "keep me"
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "scene3d", *args], capture_output=True, text=True, timeout=900)
 
 
 @pytest.mark.parametrize("flag, name, valid", [("--model", "nerfy", "3dgs"), ("--strategy", "magic", "adc")])

@@ -28,6 +28,8 @@ def run_bench(run: Path, output: Path | None = None, formats: tuple[str, ...] = 
     from rich.console import Console
 
     from scene3d.export.formats import get_format, read_scene
+    from scene3d.export.ply import ply_property_names
+    from scene3d.export.sh_rotation import sh_degree_from_rest
     from scene3d.export.splat_transform import find_splat_transform, run_splat_transform
     from scene3d.train.commands import checkpoint_params_in_input_frame, model_from_scene_file
     from scene3d.train.run import load_run
@@ -61,16 +63,12 @@ def run_bench(run: Path, output: Path | None = None, formats: tuple[str, ...] = 
     full_count = params["means"].shape[0]
     weighted = weighted and "sog" in formats and params["shN"].shape[1] > 0  # the weights serve the SH palette
     if prune_below is not None or weighted:
-        from scene3d.compress.importance import gaussian_contributions
+        from scene3d.compress.importance import gaussian_contributions, prune_below as prune
 
         console.print("weighing the Gaussians by their contributions to the training views ...")
         contrib = gaussian_contributions(model, ds.cameras[list(ds.train_indices)]).cpu()
         if prune_below is not None:
-            keep = contrib >= float(prune_below)
-            if not bool(keep.any()):
-                raise Scene3dError(f"{run}: no Gaussian contributes {prune_below} pixels to the training views; nothing would be left")
-            params, contrib = {k: v[keep] for k, v in params.items()}, contrib[keep]
-            console.print(f"pruned {full_count - int(keep.sum()):,} of {full_count:,} Gaussians contributing under {prune_below:g} pixels")
+            params, contrib = prune(run, params, contrib, prune_below, console)
         if weighted:
             sog_options = {**sog_options, "weights": contrib}
     del model
@@ -113,7 +111,7 @@ def run_bench(run: Path, output: Path | None = None, formats: tuple[str, ...] = 
         rows.append(row)
 
     # the ratio is to the whole model's PLY (what write_ply writes for every Gaussian), pruned or not
-    per_gaussian = 4 * (3 + 3 + 3 + 3 * params["shN"].shape[1] + 1 + 3 + 4)
+    per_gaussian = 4 * len(ply_property_names(sh_degree_from_rest(params["shN"].shape[1])))  # float32 each
     written = params["means"].shape[0]
     ply_row = next((r for r in rows if r["format"] == "ply"), None)
     ply_bytes = (ply_row["bytes"] if ply_row else 600 + per_gaussian * written) + per_gaussian * (full_count - written)

@@ -59,3 +59,15 @@ def run_contributions(run: Path, device: str = "auto", progress: bool = True) ->
         raise Scene3dError(f"{run}: is a {spec.model} run; only Gaussians are weighed")
     cams = ds.cameras[list(ds.train_indices)]
     return gaussian_contributions(model, cams, progress).cpu()
+
+
+def prune_below(run, params: dict, contrib: Tensor, threshold: float, console=None) -> tuple[dict, Tensor]:
+    """``(params, contrib)`` without the Gaussians contributing fewer than ``threshold`` pixels.
+
+    Raises Scene3dError (naming ``run``) when none would be left."""
+    keep = contrib >= float(threshold)
+    if not bool(keep.any()):
+        raise Scene3dError(f"{run}: no Gaussian contributes {threshold} pixels to the training views; nothing would be left")
+    if console is not None:
+        console.print(f"pruned {int((~keep).sum()):,} of {len(keep):,} Gaussians contributing under {threshold:g} pixels to the training views")
+    return {k: v[keep] for k, v in params.items()}, contrib[keep]

@@ -173,7 +173,7 @@ def weigh_and_prune(run: Path, params: dict, prune_below: float | None, weighted
     when needed; a run whose data cannot be loaded is refused for pruning and exported unweighted."""
     from rich.console import Console
 
-    from scene3d.compress.importance import run_contributions
+    from scene3d.compress.importance import prune_below as prune, run_contributions
 
     if prune_below is None and not weighted:
         return params, None
@@ -186,12 +186,7 @@ def weigh_and_prune(run: Path, params: dict, prune_below: float | None, weighted
         console.print(f"note: the SOG palette is clustered unweighted ({e})")
         return params, None
     if prune_below is not None:
-        keep = contrib >= float(prune_below)
-        if not bool(keep.any()):
-            raise Scene3dError(f"{run}: no Gaussian contributes {prune_below} pixels to the training views; nothing would be left")
-        console.print(f"pruned {int((~keep).sum()):,} of {len(keep):,} Gaussians contributing under {prune_below:g} pixels to the training views")
-        params = {k: v[keep] for k, v in params.items()}
-        contrib = contrib[keep]
+        params, contrib = prune(run, params, contrib, prune_below, console)
     return params, (contrib if weighted else None)
 
 
@@ -293,9 +288,7 @@ def demo_command(output: Path, *, max_steps: int = 3000, time_budget: float = 42
     # the file to ship: a SOG of the Gaussians that show in the training views, scored on the test views
     sog = export_command(output, output / "scene.sog", prune_below=1.0, position_bits=13)
     from scene3d.train.run import load_run
-    from scene3d.train.trainer import evaluate_model
-
-    from scene3d.train.trainer import pick_device
+    from scene3d.train.trainer import evaluate_model, pick_device
 
     spec, ds, _, _ = load_run(output)
     sog_metrics = evaluate_model(model_from_scene_file(sog, ds), ds, pick_device("auto"), spec.train_cfg.get("background_mode", "auto"))
