@@ -31,6 +31,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from scene3d.geometry import quaternion_to_matrix, rigid_inverse  # noqa: F401  (re-exported: the camera layer's pose maths)
+
 
 class CameraModel(enum.IntEnum):
     """Camera models, numbered as COLMAP numbers them."""
@@ -405,18 +407,6 @@ def normalized_to_camera_dirs(xy_d: Tensor, model: Tensor, dist: Tensor, iterati
 _FLIP_YZ = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64))
 
 
-def rigid_inverse(T: Tensor) -> Tensor:
-    """Inverse of rigid transforms [..., 4, 4] (rotation + translation)."""
-    R = T[..., :3, :3]
-    t = T[..., :3, 3:]
-    out = torch.zeros_like(T)
-    Rt = R.transpose(-1, -2)
-    out[..., :3, :3] = Rt
-    out[..., :3, 3:] = -Rt @ t
-    out[..., 3, 3] = 1.0
-    return out
-
-
 def opengl_to_opencv_c2w(c2w_gl: Tensor) -> Tensor:
     """OpenGL/Blender camera-to-world [..., 4, 4] (x right, y up, z back) -> OpenCV (x right, y down, z forward).
 
@@ -444,17 +434,3 @@ def llff_to_opencv_c2w(poses: Tensor) -> Tensor:
     out[..., :3, 3] = p[..., :, 3]
     out[..., 3, 3] = 1.0
     return out
-
-
-def quaternion_to_matrix(q: Tensor) -> Tensor:
-    """Unit quaternions [..., 4] in (w, x, y, z) order -> rotation matrices [..., 3, 3]."""
-    q = q / torch.linalg.norm(q, dim=-1, keepdim=True)
-    w, x, y, z = q.unbind(-1)
-    return torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    ).reshape(*q.shape[:-1], 3, 3)

@@ -18,6 +18,8 @@ import tyro
 from scene3d.data.config import DataConfig
 from scene3d.data.sfm import ProcessConfig
 from scene3d.errors import Scene3dError
+from scene3d.export.formats import format_names
+from scene3d.models import DEFAULT_MODEL
 
 Flat = tyro.conf.arg(name="")  # a nested config whose fields appear as top-level flags
 
@@ -56,7 +58,7 @@ def info(
 def train(
     scene: tyro.conf.Positional[Path],
     output: Annotated[Path, tyro.conf.arg(aliases=("-o",))],
-    model: str = "3dgs",
+    model: str = DEFAULT_MODEL,
     strategy: str = "adc",
     preset: str = "default",
 ) -> None:
@@ -86,7 +88,7 @@ def eval(
         device: auto, cpu or cuda.
         rank: slim a slimmerf run to this rank at test time (no retraining).
     """
-    from scene3d.train.commands import eval_command, eval_file_command
+    from scene3d.commands.evaluate import eval_command, eval_file_command
 
     if target.is_dir() or not target.exists():
         if data is not None:
@@ -125,7 +127,7 @@ def render(
         device: auto, cpu or cuda.
         rank: slim a slimmerf run to this rank at test time (no retraining).
     """
-    from scene3d.train.commands import render_command, render_path_command
+    from scene3d.commands.render import render_command, render_path_command
 
     if path.lower().endswith(".json"):
         render_path_command(target, Path(path), output=output, width=width, height=height, mode=mode, device=device, rank=rank)
@@ -138,7 +140,7 @@ def render(
 def export(
     target: tyro.conf.Positional[Path],
     output: Annotated[Path, tyro.conf.arg(aliases=("-o",))],
-    format: Literal["ply", "splat", "compressed-ply", "spz", "sog", "slimmerf"] | None = None,
+    format: Literal[tuple(format_names())] | None = None,  # type: ignore[valid-type]
     rank: int | None = None,
     sog_sh_iterations: int = 10,
     sog_sh_palette: int | None = None,
@@ -146,36 +148,30 @@ def export(
     sog_position_bits: int = 16,
     sog_weighted: bool = True,
     prune_below: float | None = None,
+    device: str = "auto",
 ) -> None:
     """Writes a trained run (in the input data's coordinate frame) or converts a scene file to a
     format other tools open: ply, splat, compressed-ply, spz, sog (default: from OUTPUT's name).
 
     Args:
         target: a run folder or a scene file.
-        output: the file to write (.ply, .splat, .compressed.ply, .spz, .sog).
-        format: the format (default: the one OUTPUT's name says); slimmerf writes a slimmerf run (truncated with --rank) as a file that loads on its own.
-        rank: for --format slimmerf: keep the first RANK components (default: all).
+        output: the file to write (.ply, .splat, .compressed.ply, .spz, .sog, or .slimmerf for a slimmable run).
+        format: the format (default: the one OUTPUT's name says); slimmerf writes a slimmable run (truncated with --rank) as a file that loads on its own.
+        rank: for model files (slimmerf): keep the first RANK components (default: all).
         sog_sh_iterations: k-means iterations for sog's higher-SH palette.
         sog_sh_palette: most entries of sog's higher-SH palette (default 8192; 0: splat-transform's rule, up to 65536).
         sog_layout: sog's grid layout: morton (Z-order of positions), plas (self-organising sort), or auto: plas for runs trained with --compress-grid, morton otherwise.
         sog_position_bits: precision of sog's 16-bit positions, 8..16 (13: a smaller file, on fox at no measurable PSNR cost).
         sog_weighted: for a run: cluster sog's higher SH weighted by each Gaussian's contribution to the training views.
         prune_below: for a run: drop the Gaussians that contribute fewer pixels than this to all training views together (e.g. 1).
+        device: where a run's model is loaded and weighed (auto, cpu or cuda).
     """
-    from scene3d.train.commands import export_command
+    from scene3d.commands.export import export_command
+    from scene3d.export.formats import format_of_path, get_format
 
-    fmt = format
-    if fmt is None and output.name.endswith(".slimmerf"):
-        fmt = "slimmerf"
-    if fmt == "slimmerf":
-        export_command(target, output, "slimmerf", rank=rank)
-        return
-    if fmt is None:
-        from scene3d.export.formats import format_of_path
-
-        fmt = format_of_path(output).name
-    options = {"sh_iterations": sog_sh_iterations, "sh_palette": sog_sh_palette, "layout": sog_layout, "position_bits": sog_position_bits} if fmt == "sog" else {}
-    export_command(target, output, fmt, prune_below=prune_below, weighted=sog_weighted, **options)
+    fmt = get_format(format) if format is not None else format_of_path(output)
+    options = {"sh_iterations": sog_sh_iterations, "sh_palette": sog_sh_palette, "layout": sog_layout, "position_bits": sog_position_bits} if fmt.name == "sog" else {}
+    export_command(target, output, fmt.name, prune_below=prune_below, weighted=sog_weighted, rank=rank, device=device, **options)
 
 
 def view(
@@ -206,7 +202,7 @@ def demo(
     time_budget: float = 420.0,
 ) -> None:
     """The whole pipeline on the embedded default scene: train 3DGS, evaluate, export, summarise."""
-    from scene3d.train.commands import demo_command
+    from scene3d.commands.demo import demo_command
 
     demo_command(output, max_steps=max_steps, time_budget=time_budget)
 
@@ -240,6 +236,7 @@ def bench_densify(
     cap_max: int = -1,
     seed: int = 0,
     overwrite: bool = False,
+    model: str | None = None,
     json_out: Annotated[bool, tyro.conf.arg(name="json")] = False,
 ) -> None:
     """Trains 3DGS with every densification strategy on SCENE under the same time budget and
@@ -256,11 +253,12 @@ def bench_densify(
         cap_max: primitive budget of the strategies that have one; -1: ADC's final count (ADC runs first); 0: each strategy's own default.
         seed: seed shared by every run.
         overwrite: replace runs already in OUTPUT.
+        model: the densifiable representation to train (default: the default model, 3dgs).
         json_out: print JSON records instead of a table.
     """
     from scene3d.bench.densify import print_table, run_bench
 
-    rows = run_bench(scene, output, strategies, time_budget, max_steps, preset, downscale, cap_max, seed, overwrite)
+    rows = run_bench(scene, output, strategies, time_budget, max_steps, preset, downscale, cap_max, seed, overwrite, model)
     if json_out:
         print(json.dumps(rows, indent=2))
     else:
@@ -270,7 +268,7 @@ def bench_densify(
 def bench_export(
     run: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")],
     output: Annotated[Path | None, tyro.conf.arg(aliases=("-o",))] = None,
-    formats: tuple[Literal["ply", "splat", "compressed-ply", "spz", "sog"], ...] = ("ply", "splat", "compressed-ply", "spz", "sog"),
+    formats: tuple[Literal[tuple(format_names("gaussians"))], ...] = tuple(format_names("gaussians")),  # type: ignore[valid-type]
     reference: bool = True,
     sog_sh_iterations: int = 10,
     sog_sh_palette: int | None = None,
@@ -365,14 +363,43 @@ def bench_slim(
         print_table(result)
 
 
-BENCH_COMMANDS = {"rasterize": bench_rasterize, "densify": bench_densify, "export": bench_export, "view": bench_view, "slim": bench_slim}
+def bench_train_step(
+    run: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")],
+    steps: int = 50,
+    warmup: int = 5,
+    rounds: int = 3,
+    backend: Literal["auto", "gsplat", "cpu", "torch"] | None = None,
+    log_every: int = 20,
+    device: str = "auto",
+    json_out: Annotated[bool, tyro.conf.arg(name="json")] = False,
+) -> None:
+    """The trainer's step time against a bare loop (rasterize forward and backward, loss, Adam
+    step) on the same Gaussians (RUN's checkpoint), cameras, images and backend; densification off.
+
+    Args:
+        run: a trained run of a Gaussian representation.
+        steps: timed steps per measurement.
+        warmup: untimed steps before each measurement.
+        rounds: measurements of each (alternated); the median is reported.
+        backend: rasterization backend (default: the run's).
+        log_every: the trainer's log interval (its one synchronisation with the host).
+        device: auto, cpu or cuda.
+        json_out: print one JSON object (backend, num_gaussians, trainer_ms, bare_ms, ratio, ...).
+    """
+    from scene3d.bench.train_step import main as run_bench
+
+    run_bench(run, as_json=json_out, steps=steps, warmup=warmup, rounds=rounds, device=device, backend=backend, log_every=log_every)
 
 
-def bench(name: tyro.conf.Positional[Literal["rasterize", "densify", "export", "view", "slim"]]) -> None:
+BENCH_COMMANDS = {"rasterize": bench_rasterize, "densify": bench_densify, "export": bench_export, "view": bench_view, "slim": bench_slim, "train-step": bench_train_step}
+
+
+def bench(name: tyro.conf.Positional[Literal[tuple(BENCH_COMMANDS)]]) -> None:  # type: ignore[valid-type]
     """Benchmarks: `scene3d bench rasterize` (rasterizer backends), `scene3d bench densify SCENE`
     (densification strategies at the same time budget), `scene3d bench export RUN` (scene-file
     formats: size against quality), `scene3d bench view RUN` (viewer frame time, live-viewer
-    overhead), `scene3d bench slim RUN` (slimmerf: rank -> size -> PSNR). `scene3d bench NAME --help` for options."""
+    overhead), `scene3d bench slim RUN` (slimmable runs: rank -> size -> PSNR), `scene3d bench
+    train-step RUN` (the trainer's step against a bare loop). `scene3d bench NAME --help` for options."""
     raise AssertionError("handled by main")  # pragma: no cover
 
 

@@ -9,24 +9,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from scene3d.cameras import Cameras, rigid_inverse
+from scene3d.cameras import Cameras
+from scene3d.geometry import look_at, rigid_inverse
 
 PathKind = Literal["test", "orbit", "spiral"]
-
-
-def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """OpenCV camera-to-world [4, 4] at ``eye`` looking at ``target`` with image-up along ``up``."""
-    fwd = target - eye
-    fwd = fwd / np.linalg.norm(fwd)
-    right = np.cross(fwd, up)
-    if np.linalg.norm(right) < 1e-8:
-        right = np.cross(fwd, np.array([1.0, 0.0, 0.0]))
-    right = right / np.linalg.norm(right)
-    down = np.cross(fwd, right)
-    c2w = np.eye(4)
-    c2w[:3, :3] = np.stack([right, down, fwd], -1)
-    c2w[:3, 3] = eye
-    return c2w
 
 
 def camera_path(ds, kind: PathKind = "orbit", frames: int = 120, width: int | None = None) -> Cameras:
@@ -81,16 +67,17 @@ def render_frames(model, cams: Cameras, device, background=None):
 
 
 def write_video(frames, path: Path, fps: int = 30) -> Path:
-    """Encodes frames to an mp4 (H.264 through imageio-ffmpeg), atomically."""
+    """Encodes frames to an mp4 (H.264 through imageio-ffmpeg), atomically. Frames of odd width or
+    height get their last column or row repeated (H.264's 4:2:0 colour needs even sizes)."""
     import imageio.v2 as imageio
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".partial" + path.suffix)
-    with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1) as writer:
-        for f in frames:
-            writer.append_data(f)
-    tmp.replace(path)
-    return path
+    from scene3d.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1) as writer:
+            for f in frames:
+                writer.append_data(np.pad(f, ((0, f.shape[0] % 2), (0, f.shape[1] % 2), (0, 0)), mode="edge"))
+    return Path(path)
 
 
 def render_camera_path(model, cam_path, to_model, device, output: Path, mode: str = "rgb", background=(0.0, 0.0, 0.0), width: int | None = None, height: int | None = None, progress=None) -> Path:
@@ -104,7 +91,7 @@ def render_camera_path(model, cam_path, to_model, device, output: Path, mode: st
     def frames():
         for i in range(len(cams)):
             with torch.no_grad():
-                out = model.viewer_render(cams[i].to(device), background=bg)
+                out = model.render(cams[i].to(device), background=bg)
             yield frame_image(out, mode, background)
 
     gen = frames() if progress is None else progress(frames(), len(cams))

@@ -37,3 +37,20 @@ def short_run(tmp_path_factory) -> Path:
     r = cli("train", str(DEFAULT_SCENE), "-o", str(out), "--preset", "short", "--max-steps", "40", "--downscale", "4")
     assert r.returncode == 0, r.stderr
     return out
+
+
+@pytest.fixture(scope="session")
+def slim_run(tmp_path_factory) -> Path:
+    """A small slimmerf run of a synthetic scene (150 steps, rank 4), trained once per session in process."""
+    from scene3d.cli import main
+    from tests.synthetic import write_synthetic_scene
+
+    root = tmp_path_factory.mktemp("slim")
+    scene = write_synthetic_scene(root / "scene", n_views=10, width=40, height=30)
+    out = root / "run"
+    args = ["train", str(scene), "-o", str(out), "--model", "slimmerf", "--max-steps", "150", "--model.batch-rays", "256", "--model.lr-grid", "0.05",
+            "--model.grid-init", "24", "--model.grid-final", "32", "--model.upsample-steps", "100", "--model.alpha-mask-steps", "120",
+            "--model.rank", "4", "--model.rank-upsilon", "0.0", "--model.rank-cooldown", "5", "--model.occupancy-resolution", "24",
+            "--model.max-samples", "96", "--log-every", "10"]
+    assert main(args) == 0
+    return out

@@ -8,8 +8,7 @@ import math
 import torch
 
 from scene3d.cameras import Cameras
-from scene3d.models.config import GaussianConfig
-from scene3d.models.gaussians import GaussianModel
+from scene3d.models.gaussians import GaussianConfig, GaussianModel
 
 W, H, F = 64, 48, 60.0
 

@@ -9,8 +9,7 @@ import torch
 
 from scene3d.densify import ops
 from scene3d.densify.adc import ADCStrategy
-from scene3d.models.config import GaussianConfig
-from scene3d.models.gaussians import GaussianModel
+from scene3d.models.gaussians import GaussianConfig, GaussianModel
 
 
 def make_model(n: int = 4, scale: float = 0.001, opacity: float = 0.5) -> GaussianModel:

@@ -10,9 +10,9 @@ import torch
 from scene3d.compress.plas import grid_neighbour_distance, sog_features, to_grid
 from scene3d.data.config import DataConfig
 from scene3d.densify.adc import ADCStrategy
-from scene3d.models.config import GaussianConfig
+from scene3d.models.gaussians import GaussianConfig
 from scene3d.train.config import TrainConfig
-from scene3d.train.run import create_trainer
+from scene3d.train.setup import create_trainer
 from synthetic import write_synthetic_scene
 
 
@@ -50,9 +50,10 @@ def test_grid_loss_makes_the_sorted_grid_smoother_and_resumes(scene, tmp_path):
     assert smooth.last_eval["psnr"] > plain.last_eval["psnr"] - 3.0  # the smoothing does not wreck the fit
 
     # Exports of a grid-trained run lay the SOG out with the same kind of sort.
-    from scene3d.train.commands import sog_layout_for
+    from scene3d.commands.export import sog_layout_for
+    from scene3d.runs import open_run
 
-    assert sog_layout_for(tmp_path / "smooth") == "plas" and sog_layout_for(tmp_path / "nothing") == "morton"
+    assert sog_layout_for(open_run(tmp_path / "smooth")) == "plas" and sog_layout_for(None) == "morton"
 
     # The grid travels with the checkpoint: a resumed run keeps the layout instead of re-sorting.
     smooth.save()

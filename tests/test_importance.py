@@ -17,8 +17,7 @@ from tests.synthetic import known_gaussians, ring_cameras
 
 
 def model_of(g: dict, degree: int = 1):
-    from scene3d.models.config import GaussianConfig
-    from scene3d.models.gaussians import GaussianModel
+    from scene3d.models.gaussians import GaussianConfig, GaussianModel
     from scene3d.renderers.gaussians import rgb_to_sh
 
     n = g["means"].shape[0]
@@ -36,13 +35,13 @@ def test_contributions_add_up_to_the_rendered_alpha():
     far_away = {k: v.clone() for k, v in g.items()}
     model = model_of(g)
     cams = ring_cameras(3, 48, 40)
-    contrib = gaussian_contributions(model, cams, progress=False)
+    contrib = gaussian_contributions(model.to_gaussians(), cams, progress=False)
     assert contrib.shape == (200,) and bool((contrib >= 0).all())
     total_alpha = sum(float(model.render(cams[[i]], background=torch.zeros(3)).alpha.detach().sum()) for i in range(3))
     assert float(contrib.sum()) == pytest.approx(total_alpha, rel=1e-4)
     # move one Gaussian far behind every camera's back: it drops to zero, the others keep theirs
     far_away["means"][7] = torch.tensor([0.0, 0.0, 1e4])
-    moved = gaussian_contributions(model_of(far_away), cams, progress=False)
+    moved = gaussian_contributions(model_of(far_away).to_gaussians(), cams, progress=False)
     assert moved[7] == 0 and contrib[7] > 0
 
 
@@ -54,8 +53,8 @@ def test_an_occluded_gaussian_contributes_little():
     g["means"] = torch.stack([centre + 2.0 * ahead, centre + 3.0 * ahead])  # the same line of sight
     g["scales"] = torch.tensor([[0.8] * 3, [0.3] * 3])  # the front one covers the back one
     g["opacities"] = torch.tensor([0.99, 0.99])
-    contrib = gaussian_contributions(model_of(g), cams, progress=False)
-    alone = gaussian_contributions(model_of({k: v[1:] for k, v in g.items()}), cams, progress=False)
+    contrib = gaussian_contributions(model_of(g).to_gaussians(), cams, progress=False)
+    alone = gaussian_contributions(model_of({k: v[1:] for k, v in g.items()}).to_gaussians(), cams, progress=False)
     assert contrib[0] > 20 * contrib[1] and alone[0] > 10 * contrib[1]  # measured 147x and 15x
 
 
@@ -77,7 +76,7 @@ def test_export_prunes_and_weighs(short_run, tmp_path, monkeypatch):
             assert json.loads(zf.read("meta.json"))["count"] == contrib.shape[0]
     # the contributions reach the palette's k-means (in process, to see its arguments)
     import scene3d.export.sog as sog_module
-    from scene3d.train.commands import export_command
+    from scene3d.commands.export import export_command
 
     seen = []
     real_kmeans = sog_module.kmeans
@@ -117,7 +116,7 @@ def test_weighted_palette_favours_gaussians_that_show(tmp_path):
     shn = torch.cat([seen[torch.randint(0, 32, (n // 2,), generator=gen)], unseen[torch.randint(0, 300, (n - n // 2,), generator=gen)]])
     model.params["shN"].data.copy_(shn + 0.002 * torch.randn(n, 8, 3, generator=gen))
     cams = ring_cameras(4, 48, 40)
-    contrib = gaussian_contributions(model, cams, progress=False)
+    contrib = gaussian_contributions(model.to_gaussians(), cams, progress=False)
     assert bool((contrib[n // 2 :] == 0).all()) and bool((contrib[: n // 2] > 0).any())
     params = {k: v.detach() for k, v in model.params.items()}
     errors = {}

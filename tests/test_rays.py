@@ -14,6 +14,9 @@ from scene3d.cameras import Cameras, CameraModel
 from scene3d.renderers.rays import (
     OccupancyGrid,
     nerfacc_available,
+    OccupancySampler,
+    Rays,
+    camera_rays,
     pixel_rays,
     ray_aabb,
     render_image,
@@ -337,7 +340,7 @@ def test_render_rays_solid_sphere(backend, use_grid):
         for step in range(8):  # several jittered looks catch the cells the surface only clips
             grid.update(step, lambda p: torch.where(p.norm(dim=-1) < 0.5, 1000.0, 0.0), n=1, step_size=0.005, generator=g)
     o, d = sphere_rays()
-    out = render_rays(field, o, d, BOX, grid=grid, step_size=0.005, max_samples=1000, background=BG, backend=backend)
+    out = render_rays(field, Rays(o, d), sampler=OccupancySampler(BOX, 0.005, 1000, grid), background=BG, backend=backend)
     assert out.rgb.shape == (4, 3) and out.alpha.shape == (4, 1) and out.depth.shape == (4, 1)
     # through the centre: the ball's colour, opaque, at the distance of its surface
     torch.testing.assert_close(out.rgb[:2], COLOUR.expand(2, 3), atol=1e-4, rtol=0)
@@ -370,7 +373,7 @@ def test_render_rays_gradients_reach_the_field():
         sigma = torch.exp(log_sigma) * torch.ones(points.shape[0])
         return sigma, torch.sigmoid(points)
 
-    out = render_rays(field, o, d, BOX, step_size=0.05, max_samples=100, backend="torch")
+    out = render_rays(field, Rays(o, d), sampler=OccupancySampler(BOX, 0.05, 100), backend="torch")
     out.alpha.sum().backward()
     assert log_sigma.grad is not None and log_sigma.grad.item() > 0
 
@@ -380,7 +383,7 @@ def test_render_rays_without_samples_gives_the_background(backend):
     field = SphereField()
     o = torch.tensor([[0.0, 3.0, -3.0], [5.0, 0.0, 0.0]])
     d = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
-    out = render_rays(field, o, d, BOX, step_size=0.01, max_samples=100, background=BG, backend=backend)
+    out = render_rays(field, Rays(o, d), sampler=OccupancySampler(BOX, 0.01, 100), background=BG, backend=backend)
     assert out.num_samples == 0 and field.points == [], "the field is not called"
     torch.testing.assert_close(out.rgb, BG.expand(2, 3))
     assert out.alpha.abs().max().item() == 0.0 and out.depth.abs().max().item() == 0.0
@@ -400,9 +403,9 @@ def test_two_stage_shading_without_threshold_equals_one_stage(backend):
     g = torch.Generator().manual_seed(1)
     o = torch.tensor([[0.0, 0.0, -3.0]]).expand(16, 3) + torch.randn(16, 3, generator=g) * torch.tensor([0.4, 0.4, 0.0])
     d = torch.nn.functional.normalize(torch.tensor([[0.0, 0.0, 1.0]]) + torch.randn(16, 3, generator=g) * 0.05, dim=-1)
-    kw = dict(step_size=0.02, max_samples=400, background=BG, backend=backend)
-    one = render_rays(lambda p, v: (density(p), color(p, v)), o, d, BOX, **kw)
-    two = render_rays(density, o, d, BOX, color=color, **kw)
+    kw = dict(sampler=OccupancySampler(BOX, 0.02, 400), background=BG, backend=backend)
+    one = render_rays(lambda p, v: (density(p), color(p, v)), Rays(o, d), **kw)
+    two = render_rays(density, Rays(o, d), color=color, **kw)
     assert two.num_samples == one.num_samples > 0
     torch.testing.assert_close(two.rgb, one.rgb, atol=1e-6, rtol=0)
     torch.testing.assert_close(two.alpha, one.alpha)
@@ -412,7 +415,7 @@ def test_two_stage_shading_shades_only_heavy_samples():
     density, color, tint = fog_field()
     o = torch.tensor([[0.0, 0.0, -3.0], [0.3, -0.2, -3.0]])
     d = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
-    kw = dict(step_size=0.02, max_samples=400, backend="torch")
+    kw = dict(sampler=OccupancySampler(BOX, 0.02, 400), backend="torch")
     seen = []
 
     def counting_color(p, v):
@@ -420,9 +423,9 @@ def test_two_stage_shading_shades_only_heavy_samples():
         return color(p, v)
 
     threshold = 0.01
-    two = render_rays(density, o, d, BOX, color=counting_color, weight_threshold=threshold, **kw)
+    two = render_rays(density, Rays(o, d), color=counting_color, weight_threshold=threshold, **kw)
     # the same image by hand: colour only where the (density-only) weight passes the threshold
-    full = render_rays(lambda p, v: (density(p), color(p, v)), o, d, BOX, **kw)
+    full = render_rays(lambda p, v: (density(p), color(p, v)), Rays(o, d), **kw)
     valid = full.samples.valid
     heavy = valid & (full.weights > threshold)
     assert 0 < seen[0] == int(heavy.sum()) < int(valid.sum())
@@ -434,7 +437,7 @@ def test_two_stage_shading_shades_only_heavy_samples():
     # training: each ray's heaviest samples are shaded even above every weight
     seen.clear()
     g = torch.Generator().manual_seed(0)
-    topk = render_rays(density, o, d, BOX, color=counting_color, weight_threshold=2.0, shade_topk=3, stratified=True, generator=g, **kw)
+    topk = render_rays(density, Rays(o, d), color=counting_color, weight_threshold=2.0, shade_topk=3, stratified=True, generator=g, **kw)
     assert seen == [6]
     topk.rgb.sum().backward()
     assert tint.grad is not None and tint.grad.abs().sum() > 0
@@ -471,13 +474,32 @@ def test_sample_pixels_covers_images_of_different_sizes():
 def test_pixel_rays_match_generate_rays():
     cams = mixed_size_cameras()
     cam, x, y = sample_pixels(cams, [1, 2, 3, 4], 500, torch.Generator().manual_seed(1))
-    o, d = pixel_rays(cams, cam, x, y)
-    assert o.shape == d.shape == (500, 3)
+    rays = pixel_rays(cams, cam, x, y)
+    o, d = rays.origins, rays.dirs
+    assert o.shape == d.shape == (500, 3) and rays.radii.shape == (500,)
     for c in range(1, 5):
         m = cam == c
         full_o, full_d = cams.generate_rays(c)
         torch.testing.assert_close(o[m], full_o[y[m], x[m]])
         torch.testing.assert_close(d[m], full_d[y[m], x[m]], atol=1e-5, rtol=0)
+
+
+def test_cone_radii_are_the_pixel_footprint():
+    """A pinhole camera's ray through the image centre: pixels are 1/f apart there, so the cone
+    radius per unit distance is 2/sqrt(12)/f; towards the corners the direction spacing shrinks
+    by cos^2 of the angle off the axis (horizontally and vertically alike for square pixels)."""
+    cam = ring_cameras(1, 40, 30)  # f = 0.9 * 40 = 36 px
+    f = float(cam.fx[0])
+    centre = pixel_rays(cam, torch.tensor([0]), torch.tensor([20]), torch.tensor([15]))
+    torch.testing.assert_close(centre.radii, torch.tensor([2 / 12**0.5 / f]), rtol=2e-3, atol=0)
+    corner = pixel_rays(cam, torch.tensor([0]), torch.tensor([0]), torch.tensor([0]))
+    u, v = (0.5 - 20) / f, (0.5 - 15) / f
+    cos2 = 1 / (1 + u * u + v * v)
+    # across the corner the spacing is cos^2 (radial) and cos (tangential) of 1/f: their mean lies between
+    assert 2 / 12**0.5 / f * cos2 * 0.95 < float(corner.radii) < 2 / 12**0.5 / f * cos2**0.5
+    rays, h, w = camera_rays(cam)
+    assert (h, w) == (30, 40) and len(rays) == 1200
+    torch.testing.assert_close(rays.radii[15 * 40 + 20], centre.radii[0])
 
 
 # ---------------------------------------------------------------------- rendering images
@@ -488,8 +510,8 @@ def test_render_image_constant_field_and_chunking():
     def field(points, dirs):
         return torch.full((points.shape[0],), sigma), colour.expand(points.shape[0], 3)
 
-    kw = dict(step_size=0.02, max_samples=1000, background=bg)
-    img = render_image(field, cam, BOX, **kw)
+    kw = dict(sampler=OccupancySampler(BOX, 0.02, 1000), background=bg)
+    img = render_image(field, cam, **kw)
     assert img.rgb.shape == (1, 12, 16, 3) and img.alpha.shape == (1, 12, 16, 1) and img.depth.shape == (1, 12, 16, 1)
     o, d = cam.generate_rays(0)
     near, far, hit = ray_aabb(o.reshape(-1, 3), d.reshape(-1, 3), BOX)
@@ -499,10 +521,10 @@ def test_render_image_constant_field_and_chunking():
     torch.testing.assert_close(img.rgb, alpha * colour + (1 - alpha) * bg, atol=1e-5, rtol=0)
     depth = img.depth.reshape(-1)
     assert bool((depth[hit] > near[hit]).all() and (depth[hit] < far[hit]).all())
-    chunked = render_image(field, cam, BOX, chunk=37, **kw)
+    chunked = render_image(field, cam, chunk=37, **kw)
     for a, b in ((img.rgb, chunked.rgb), (img.alpha, chunked.alpha), (img.depth, chunked.depth)):
         torch.testing.assert_close(a, b)
     assert chunked.num_samples == img.num_samples
     with torch.no_grad():
-        assert not render_image(SphereField(radius=0.8), cam, BOX, chunk=50, **kw).rgb.requires_grad
-    assert render_image(SphereField(radius=0.8), cam, BOX, chunk=50, **kw).rgb.requires_grad
+        assert not render_image(SphereField(radius=0.8), cam, chunk=50, **kw).rgb.requires_grad
+    assert render_image(SphereField(radius=0.8), cam, chunk=50, **kw).rgb.requires_grad

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from scene3d.models.config import SlimmeRFConfig
-from scene3d.models.slimmerf import SlimmeRFModel, load_slimmed, n_to_reso, save_slimmed
+from scene3d.models.slimmerf import SlimmeRFConfig
+from scene3d.export.model_file import read_model_file as load_slimmed, write_model_file
+from scene3d.models.slimmerf import SlimmeRFModel, n_to_reso
+from scene3d.renderers.rays import Rays
 from tests.synthetic import ring_cameras
 
 AABB = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
@@ -38,18 +40,18 @@ def _rays(n: int = 256, seed: int = 0):
 
 def test_train_raises_the_rank_on_the_stated_condition():
     m = _model(rank=1, full=3, rank_upsilon=0.4, rank_cooldown=5)
-    m.after_step(0, 1.0, 100)  # the first loss only records
+    m.after_step(0, {"rgb": torch.tensor(1.0)})  # the first loss only records
     assert m.rank == 1
-    m.after_step(10, 0.9, 100)  # |1.0 - 0.9| / 0.9 = 0.11 <= 0.4: no change
+    m.after_step(10, {"rgb": torch.tensor(0.9)})  # |1.0 - 0.9| / 0.9 = 0.11 <= 0.4: no change
     assert m.rank == 1
-    m.after_step(11, 0.5, 100)  # |0.9 - 0.5| / 0.5 = 0.8 > 0.4: rank 2
+    m.after_step(11, {"rgb": torch.tensor(0.5)})  # |0.9 - 0.5| / 0.5 = 0.8 > 0.4: rank 2
     assert m.rank == 2 and m.last_rank_step == 11
-    m.after_step(12, 0.2, 100)  # the change is large but within the cooldown
+    m.after_step(12, {"rgb": torch.tensor(0.2)})  # the change is large but within the cooldown
     assert m.rank == 2
-    m.after_step(17, 0.05, 100)  # |0.2 - 0.05| / 0.05 = 3 > 0.4, cooldown over: rank 3
+    m.after_step(17, {"rgb": torch.tensor(0.05)})  # |0.2 - 0.05| / 0.05 = 3 > 0.4, cooldown over: rank 3
     assert m.rank == 3
-    m.after_step(40, 1.0, 100)
-    m.after_step(50, 0.01, 100)  # full rank reached: stays
+    m.after_step(40, {"rgb": torch.tensor(1.0)})
+    m.after_step(50, {"rgb": torch.tensor(0.01)})  # full rank reached: stays
     assert m.rank == 3
     d, a = m.rank_masks(2)
     assert d.tolist() == pytest.approx([1.0, 1.0, m.cfg.rank_epsilon])  # above the rank: epsilon, not zero
@@ -60,23 +62,23 @@ def test_truncating_to_rank_r_equals_training_time_masking():
     full = _model(rank=4, full=4)
     o, d = _rays()
     for r in (1, 2, 3):
-        masked = full.render_rays(o, d, rank=r)
+        masked = full.render_rays(Rays(o, d), rank=r)
         slim = SlimmeRFModel.from_state(full.slimmed_state(r), full.cfg)
         assert slim.cfg.rank == r and slim.density_planes[0].shape[1] == r and slim.app_planes[0].shape[1] == 3 * r
-        truncated = slim.render_rays(o, d)
+        truncated = slim.render_rays(Rays(o, d))
         assert masked.alpha.max() > 0.1
         # equal up to what the epsilon-scaled components add
         assert torch.allclose(truncated.rgb, masked.rgb, atol=1e-4)
         assert torch.allclose(truncated.alpha, masked.alpha, atol=1e-4)
         # and slimming changes the render: rank r is not the full model
-        assert not torch.allclose(masked.rgb, full.render_rays(o, d).rgb, atol=1e-3)
+        assert not torch.allclose(masked.rgb, full.render_rays(Rays(o, d)).rgb, atol=1e-3)
 
 
 def test_slimmed_file_is_smaller_and_loads_alone(tmp_path):
     m = _model(rank=4, full=4)
     T = np.diag([0.5, 0.5, 0.5, 1.0])
-    full_file = save_slimmed(m, 4, tmp_path / "full.slimmerf", transform=T)
-    slim_file = save_slimmed(m, 1, tmp_path / "r1.slimmerf", transform=T)
+    full_file = write_model_file(tmp_path / "full.slimmerf", m, transform=T, rank=4)
+    slim_file = write_model_file(tmp_path / "r1.slimmerf", m, transform=T, rank=1)
     # smaller by (about) the bytes of the dropped components; the shading MLP is kept whole
     dropped = sum(p.numel() for p in [*m.density_planes, *m.density_lines]) * 3 / 4 + sum(p.numel() for p in [*m.app_planes, *m.app_lines]) * 3 / 4
     dropped += m.basis.weight.numel() * 3 / 4
@@ -85,7 +87,7 @@ def test_slimmed_file_is_smaller_and_loads_alone(tmp_path):
     loaded, transform = load_slimmed(slim_file)
     assert np.allclose(transform, T) and loaded.rank == 1 and loaded.cfg.rank == 1
     o, d = _rays()
-    assert torch.allclose(loaded.render_rays(o, d).rgb, m.render_rays(o, d, rank=1).rgb, atol=1e-4)
+    assert torch.allclose(loaded.render_rays(Rays(o, d)).rgb, m.render_rays(Rays(o, d), rank=1).rgb, atol=1e-4)
     with pytest.raises(ValueError, match="rank"):
         m.slimmed_state(5)
 
@@ -130,28 +132,12 @@ def test_upsampling_and_shrinking_keep_the_field():
 
 def test_viewer_rank_control():
     m = _model(rank=4, full=4)
-    (control,) = m.viewer_controls()
+    (control,) = m.controls()
     assert control.key == "rank" and control.max == 4
     cam = ring_cameras(1, 16, 12)
-    a = m.viewer_render(cam, options={"rank": 1}).rgb
-    b = m.viewer_render(cam, options={"rank": 4}).rgb
+    a = m.render(cam, options={"rank": 1}).rgb
+    b = m.render(cam, options={"rank": 4}).rgb
     assert torch.allclose(b, m.render(cam).rgb, atol=1e-6) and not torch.allclose(a, b, atol=1e-3)
-
-
-@pytest.fixture(scope="module")
-def slim_run(tmp_path_factory) -> Path:
-    from scene3d.cli import main
-    from tests.synthetic import write_synthetic_scene
-
-    root = tmp_path_factory.mktemp("slim")
-    scene = write_synthetic_scene(root / "scene", n_views=10, width=40, height=30)
-    out = root / "run"
-    args = ["train", str(scene), "-o", str(out), "--model", "slimmerf", "--max-steps", "150", "--model.batch-rays", "256", "--model.lr-grid", "0.05",
-            "--model.grid-init", "24", "--model.grid-final", "32", "--model.upsample-steps", "100", "--model.alpha-mask-steps", "120",
-            "--model.rank", "4", "--model.rank-upsilon", "0.0", "--model.rank-cooldown", "5", "--model.occupancy-resolution", "24",
-            "--model.max-samples", "96", "--log-every", "10"]
-    assert main(args) == 0
-    return out
 
 
 def test_slimmerf_trains_evaluates_renders_and_exports_from_the_cli(slim_run, tmp_path, capsys):
@@ -186,12 +172,11 @@ def test_slimmerf_trains_evaluates_renders_and_exports_from_the_cli(slim_run, tm
 
 
 def test_view_target_for_a_slimmerf_run_and_file(slim_run, tmp_path):
-    from scene3d.models.slimmerf import save_slimmed
     from scene3d.viewer.target import load_target
 
     target = load_target(slim_run, torch.device("cpu"))
     assert target.model.name == "slimmerf" and target.cameras is not None
-    f = save_slimmed(target.model, 2, tmp_path / "v.slimmerf")
+    f = write_model_file(tmp_path / "v.slimmerf", target.model, rank=2)
     t2 = load_target(f, torch.device("cpu"))
     assert t2.model.rank == 2 and t2.kind == "file"
 

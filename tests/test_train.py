@@ -13,10 +13,10 @@ from scene3d.data.config import DataConfig
 from scene3d.densify.adc import ADCStrategy
 from scene3d.densify.base import Strategy
 from scene3d.errors import Scene3dError
-from scene3d.models.config import GaussianConfig
-from scene3d.train import checkpoint as ckpt
+from scene3d.models.gaussians import GaussianConfig
+from scene3d.runs import load_checkpoint
 from scene3d.train.config import TrainConfig
-from scene3d.train.run import create_trainer
+from scene3d.train.setup import create_trainer
 from scene3d.train.trainer import TrainingDiverged
 from synthetic import write_synthetic_scene
 from tests.runs import cli
@@ -76,7 +76,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(scene, tmp_p
     trainer = quick(scene, tmp_path / "run", 100, strategy=NanAfter(), save_every=10)
     with pytest.raises(TrainingDiverged, match="step 25.*last good checkpoint"):
         trainer.fit()
-    state = ckpt.load(tmp_path / "run" / "checkpoints" / "latest.pt")
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
     assert state["step"] == 20
     assert all(torch.isfinite(v).all() for v in state["model"]["params"].values())
 
@@ -87,7 +87,7 @@ def test_out_of_memory_says_what_to_lower(scene, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to allocate 99999999999 bytes")
 
-    monkeypatch.setattr(trainer.model, "render", boom)
+    monkeypatch.setattr(trainer.model, "forward", boom)
     with pytest.raises(Scene3dError, match="ran out of memory.*--downscale.*max-gaussians"):
         trainer.fit()
 
@@ -125,7 +125,7 @@ def test_cli_train_eval_export_render(scene, tmp_path):
     # Read back in the input frame, map into the training frame and render: identical images.
     ds = load_dataset(scene)
     back = read_ply(ply, transform=ds.transform)
-    state = ckpt.load(run / "checkpoints" / "latest.pt")
+    state = load_checkpoint(run / "checkpoints" / "latest.pt")
     orig = state["model"]["params"]
     cams = ds.cameras[ds.test_indices]
 

@@ -129,8 +129,7 @@ def test_malformed_camera_paths_are_refused(tmp_path, content, words):
 
 
 def _model(n: int = 300):
-    from scene3d.models.config import GaussianConfig
-    from scene3d.models.gaussians import GaussianModel
+    from scene3d.models.gaussians import GaussianConfig, GaussianModel
     from scene3d.renderers.gaussians import rgb_to_sh
 
     g = known_gaussians(n)
@@ -148,7 +147,7 @@ def _model(n: int = 300):
 def test_render_modes():
     model = _model()
     cam = ring_cameras(1, 48, 40)
-    out = model.viewer_render(cam, background=torch.tensor([0.0, 0.0, 1.0]))
+    out = model.render(cam, background=torch.tensor([0.0, 0.0, 1.0]))
     rgb, depth, alpha = (frame_image(out, m, (0.0, 0.0, 1.0)) for m in ("rgb", "depth", "alpha"))
     for img in (rgb, depth, alpha):
         assert img.shape == (40, 48, 3) and img.dtype == np.uint8
@@ -170,14 +169,15 @@ def test_render_modes():
 def test_gaussian_viewer_controls_change_the_render():
     model = _model()
     cam = ring_cameras(1, 48, 40)
-    keys = {c.key for c in model.viewer_controls()}
-    assert keys == {"scale", "min_opacity"}
-    base = model.viewer_render(cam).rgb
+    keys = {c.key for c in model.controls()}
+    assert keys == {"sh_degree", "scale", "min_opacity"}
+    base = model.render(cam).rgb
     assert torch.allclose(base, model.render(cam).rgb, atol=1e-6)  # the defaults are the trained model
-    assert not torch.allclose(base, model.viewer_render(cam, options={"scale": 0.3}).rgb, atol=1e-3)
+    assert not torch.allclose(base, model.render(cam, options={"scale": 0.3}).rgb, atol=1e-3)
+    assert not torch.allclose(base, model.render(cam, options={"sh_degree": 0}).rgb, atol=1e-3)  # view-dependent colour off
     model.params["opacities"].data[::2] = -2.5  # half the Gaussians faint (opacity 0.076)
-    hidden = model.viewer_render(cam, options={"min_opacity": 0.1})
-    assert not torch.allclose(model.viewer_render(cam).alpha, hidden.alpha)
+    hidden = model.render(cam, options={"min_opacity": 0.1})
+    assert not torch.allclose(model.render(cam).alpha, hidden.alpha)
 
 
 def test_crop_renders_and_exports_only_the_box(tmp_path):
@@ -190,15 +190,15 @@ def test_crop_renders_and_exports_only_the_box(tmp_path):
     inside = int(((means >= torch.from_numpy(lo).float()) & (means <= 0)).all(-1).sum())
     assert 0 < inside < 400
     cam = ring_cameras(1, 48, 40)
-    full, cropped = model.viewer_render(cam), model.viewer_render(cam, crop=(lo, hi))
+    full, cropped = model.render(cam), model.render(cam, crop=(lo, hi))
     assert cropped.alpha.sum() < full.alpha.sum()
-    params = model.export_params(crop=(lo, hi))
+    params = model.to_gaussians(crop=(lo, hi)).params()
     assert params["means"].shape[0] == inside
     # a file viewed, cropped and written again: the same Gaussians, in the file's frame
-    src = write_scene(tmp_path / "scene.ply", model.export_params())
+    src = write_scene(tmp_path / "scene.ply", model.to_gaussians().params())
     target = load_target(src, torch.device("cpu"))
     assert target.kind == "file" and np.allclose(target.to_input, np.eye(4))
-    out = write_scene(tmp_path / "crop.ply", target.model.export_params(crop=(lo, hi)), transform=target.to_input)
+    out = write_scene(tmp_path / "crop.ply", target.model.to_gaussians(crop=(lo, hi)).params(), transform=target.to_input)
     back = read_scene(out)
     assert back["means"].shape[0] == inside
     assert torch.allclose(back["means"], params["means"], atol=1e-6)
@@ -238,7 +238,7 @@ def test_render_path_command_writes_a_video(tmp_path):
     from scene3d.cli import main
     from scene3d.export.formats import write_scene
 
-    src = write_scene(tmp_path / "scene.ply", _model(300).export_params())
+    src = write_scene(tmp_path / "scene.ply", _model(300).to_gaussians().params())
     cams = ring_cameras(3, 64, 48)
     keys = []
     for i in range(3):
@@ -250,7 +250,7 @@ def test_render_path_command_writes_a_video(tmp_path):
     frames = np.stack(list(iio.imiter(out)))
     assert frames.shape[0] == 8 and frames.shape[1:3] == (48, 64)
     # the first frame is the model seen from keyframe 0
-    expected = frame_image(_model(300).viewer_render(cams[0]), "rgb")
+    expected = frame_image(_model(300).render(cams[0]), "rgb")
     assert np.abs(frames[0].astype(float) - expected).mean() < 6.0
 
 
@@ -266,7 +266,7 @@ def test_view_command_serves_a_scene_file_on_localhost(tmp_path):
 
     from scene3d.export.formats import write_scene
 
-    src = write_scene(tmp_path / "scene.ply", _model(200).export_params())
+    src = write_scene(tmp_path / "scene.ply", _model(200).to_gaussians().params())
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

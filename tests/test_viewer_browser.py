@@ -21,9 +21,9 @@ import torch
 
 from scene3d.data.config import DataConfig
 from scene3d.densify.adc import ADCStrategy
-from scene3d.models.config import GaussianConfig
+from scene3d.models.gaussians import GaussianConfig
 from scene3d.train.config import TrainConfig
-from scene3d.train.run import create_trainer
+from scene3d.train.setup import create_trainer
 from tests.synthetic import write_synthetic_scene
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -163,7 +163,7 @@ def test_the_browser_shows_the_server_render_and_switches_modes(run, browser):
         mask = np.ones(shot.shape[:2], bool)
         mask[NOTICE] = False
         assert shot[mask].std() > 10
-        expected = frame_image(target.model.viewer_render(viewer_camera(cam.wxyz, cam.position, float(cam.fov), w, h), background=torch.zeros(3)), "rgb")
+        expected = frame_image(target.model.render(viewer_camera(cam.wxyz, cam.position, float(cam.fov), w, h), background=torch.zeros(3)), "rgb")
         assert psnr(shot, expected, mask) > 28.0, "the canvas does not show the server render of its camera"
         assert psnr(frame.image, expected) > 40.0
 
@@ -306,7 +306,7 @@ def test_camera_path_video_and_crop_export_from_the_page(run, browser, tmp_path)
         page.get_by_role("button", name="Export crop").click()
         wait_until(lambda: (tmp_path / "crop.ply").is_file(), what="the crop file")
         box = viewer.crop_box()
-        expected = target.model.export_params(crop=box)["means"].shape[0]
+        expected = target.model.to_gaussians(crop=box).params()["means"].shape[0]
         assert 0 < expected < target.model.num_gaussians
         assert read_scene(tmp_path / "crop.ply")["means"].shape[0] == expected
         page.close()

@@ -46,9 +46,15 @@ def run_bench(
     cap_max: int = -1,
     seed: int = 0,
     overwrite: bool = False,
+    model: str | None = None,
 ) -> list[dict]:
+    from scene3d.models import DEFAULT_MODEL, get_model
     from scene3d.train.cli import build_args_class
-    from scene3d.train.run import check_strategy_name, create_trainer
+    from scene3d.train.setup import check_strategy_name, create_trainer
+
+    model_name = model or DEFAULT_MODEL
+    if not get_model(model_name).caps.densifiable:
+        raise Scene3dError(f"--model {model_name}: densification strategies need a densifiable representation")
 
     strategies = tuple(strategies)
     if not strategies:
@@ -72,16 +78,16 @@ def run_bench(
     rows: list[dict] = []
     shared_cap = cap_max if cap_max > 0 else None
     for name in strategies:
-        cls = build_args_class("3dgs", name, preset)
+        cls = build_args_class(model_name, name, preset)
         args = cls(scene=Path(scene), output=runs[name])
         args.data.downscale = downscale
-        scale_schedule(args, max_steps)
+        scale_schedule(args, max_steps, get_model(model_name).schedule_fields)
         args.train.time_budget = time_budget
         args.train.seed = seed
         args.train.eval_every = 0
         cap_field = _set_cap(args.strategy, shared_cap) if shared_cap else None
         t0 = time.perf_counter()
-        trainer = create_trainer(Path(scene), runs[name], "3dgs", args.model, name, args.strategy, args.data, args.train)
+        trainer = create_trainer(Path(scene), runs[name], model_name, args.model, name, args.strategy, args.data, args.train)
         res = trainer.fit()
         wall = time.perf_counter() - t0
         if name == "adc" and cap_max == -1:
@@ -102,15 +108,16 @@ def run_bench(
                 "run": str(runs[name]),
             }
         )
-    meta = {"scene": str(Path(scene).resolve()), "downscale": downscale, "preset": preset, "time_budget": time_budget, "max_steps": max_steps, "seed": seed}
+    meta = {"scene": str(Path(scene).resolve()), "model": model_name, "downscale": downscale, "preset": preset, "time_budget": time_budget, "max_steps": max_steps, "seed": seed}
     (output / "bench_densify.json").write_text(json.dumps({"settings": meta, "results": rows}, indent=2))
     plot_bench(rows, output / "bench_densify.png")
     return rows
 
 
-def scale_schedule(args, max_steps: int) -> None:
+def scale_schedule(args, max_steps: int, model_schedule_fields: tuple[str, ...] = ()) -> None:
     """Sets ``max_steps`` and scales the preset's step-valued schedule (densification window, opacity
-    resets, SH degree interval) by the same factor, so every phase of the recipe happens."""
+    resets, and the model's ``schedule_fields`` such as the SH degree interval) by the same factor,
+    so every phase of the recipe happens."""
     factor = max_steps / args.train.max_steps
     args.train.max_steps = max_steps
     if factor == 1:
@@ -118,8 +125,9 @@ def scale_schedule(args, max_steps: int) -> None:
     for name in SCHEDULE_FIELDS:
         if hasattr(args.strategy, name):
             setattr(args.strategy, name, max(1, round(getattr(args.strategy, name) * factor)))
-    if hasattr(args.model, "sh_degree_interval"):
-        args.model.sh_degree_interval = max(1, round(args.model.sh_degree_interval * factor))
+    model_cfg = args.model
+    for name in model_schedule_fields:
+        setattr(model_cfg, name, max(1, round(getattr(model_cfg, name) * factor)))
 
 
 def _curves(run: Path) -> tuple[list[float], list[float], list[float]]:

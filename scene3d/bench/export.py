@@ -18,8 +18,10 @@ from pathlib import Path
 
 from scene3d.errors import Scene3dError
 
-DEFAULT_FORMATS = ("ply", "splat", "compressed-ply", "spz", "sog")
-FILE_NAMES = {"ply": "scene.ply", "splat": "scene.splat", "compressed-ply": "scene.compressed.ply", "spz": "scene.spz", "sog": "scene.sog"}
+from scene3d.export.formats import FORMATS, format_names
+
+DEFAULT_FORMATS = tuple(format_names("gaussians"))
+FILE_NAMES = {name: "scene" + FORMATS[name].suffix for name in DEFAULT_FORMATS}
 
 
 def run_bench(run: Path, output: Path | None = None, formats: tuple[str, ...] = DEFAULT_FORMATS, reference: bool = True,
@@ -27,57 +29,56 @@ def run_bench(run: Path, output: Path | None = None, formats: tuple[str, ...] = 
               prune_below: float | None = None, weighted: bool = True) -> list[dict]:  # fmt: skip
     from rich.console import Console
 
-    from scene3d.export.formats import get_format, read_scene
+    from scene3d.commands.export import check_sog_options, run_gaussians, sog_layout_for
+    from scene3d.device import pick_device
+    from scene3d.export.formats import get_format, open_file, read_scene
     from scene3d.export.ply import ply_property_names
-    from scene3d.export.sh_rotation import sh_degree_from_rest
     from scene3d.export.splat_transform import find_splat_transform, run_splat_transform
-    from scene3d.train.commands import checkpoint_params_in_input_frame, model_from_scene_file
-    from scene3d.train.run import load_run
-    from scene3d.train.trainer import evaluate_model, pick_device
+    from scene3d.runs import open_run
+    from scene3d.train.evaluation import evaluate_model
 
     console = Console(stderr=True)
     sog_options = {"sh_iterations": 10, **(sog_options or {})}
-    from scene3d.train.commands import check_sog_options
-
     check_sog_options(sog_options)
-    if sog_options.get("layout", "auto") == "auto":
-        from scene3d.train.commands import sog_layout_for
-
-        sog_options["layout"] = sog_layout_for(run)
-    run = Path(run)
     formats = tuple(formats)
     for name in formats:
-        get_format(name)
+        if get_format(name).kind != "gaussians":
+            raise Scene3dError(f"--formats {name}: bench export compares scene files of Gaussians")
     if not formats:
         raise Scene3dError("no formats to compare (--formats is empty)")
+    run_ = open_run(Path(run))
+    run = run_.path
+    if sog_options.get("layout", "auto") == "auto":
+        sog_options["layout"] = sog_layout_for(run_)
+    dev = pick_device(device)
+    model = run_.load_model(dev)
+    gaussians = run_gaussians(run_, model)
     output = Path(output) if output is not None else run / "bench_export"
     output.mkdir(parents=True, exist_ok=True)
-    dev = pick_device(device)
-    spec, ds, model, state = load_run(run, device)
-    if spec.model != "3dgs":
-        raise Scene3dError(f"{run}: is a {spec.model} run; scene files hold Gaussians (3dgs runs)")
-    bg_mode = spec.train_cfg.get("background_mode", "auto")
+    ds = run_.dataset()
+    bg_mode = run_.background_mode
     console.print(f"evaluating the run's model on its {'test' if ds.test_indices else 'train'} split ...")
     base = evaluate_model(model, ds, dev, bg_mode)
-    params, to_input = checkpoint_params_in_input_frame(state)
-    full_count = params["means"].shape[0]
-    weighted = weighted and "sog" in formats and params["shN"].shape[1] > 0  # the weights serve the SH palette
+    to_input = run_.to_input
+    full_count = len(gaussians)
+    weighted = weighted and "sog" in formats and gaussians.sh_degree > 0  # the weights serve the SH palette
     if prune_below is not None or weighted:
         from scene3d.compress.importance import gaussian_contributions, prune_below as prune
 
         console.print("weighing the Gaussians by their contributions to the training views ...")
-        contrib = gaussian_contributions(model, ds.cameras[list(ds.train_indices)]).cpu()
+        contrib = gaussian_contributions(gaussians, ds.cameras[list(ds.train_indices)]).cpu()
         if prune_below is not None:
-            params, contrib = prune(run, params, contrib, prune_below, console)
+            gaussians, contrib = prune(run, gaussians, contrib, prune_below, console)
         if weighted:
             sog_options = {**sog_options, "weights": contrib}
-    del model
+    params = {k: v.cpu() for k, v in gaussians.params().items()}
+    del model, gaussians
 
     def measure(label: str, path: Path, write_seconds: float, fmt_name: str) -> dict:
         t0 = time.perf_counter()
         read_scene(path)
         read_seconds = time.perf_counter() - t0
-        decoded = model_from_scene_file(path, ds, device)
+        decoded, _ = open_file(path, dev, transform=ds.transform)
         m = evaluate_model(decoded, ds, dev, bg_mode)
         row = {
             "format": label, "file": str(path), "bytes": path.stat().st_size, "write_seconds": round(write_seconds, 3),
@@ -111,6 +112,8 @@ def run_bench(run: Path, output: Path | None = None, formats: tuple[str, ...] = 
         rows.append(row)
 
     # the ratio is to the whole model's PLY (what write_ply writes for every Gaussian), pruned or not
+    from scene3d.export.sh_rotation import sh_degree_from_rest
+
     per_gaussian = 4 * len(ply_property_names(sh_degree_from_rest(params["shN"].shape[1])))  # float32 each
     written = params["means"].shape[0]
     ply_row = next((r for r in rows if r["format"] == "ply"), None)

@@ -18,15 +18,19 @@ import torch
 def run_bench(run: Path, ranks: tuple[int, ...] = (1, 2, 4, 8, 12, 16), images: int = 0, device: str = "auto") -> dict:
     from rich.console import Console
 
+    from scene3d.device import pick_device
     from scene3d.errors import Scene3dError
-    from scene3d.models.slimmerf import load_slimmed, save_slimmed
-    from scene3d.train.run import load_run
-    from scene3d.train.trainer import evaluate_model, pick_device
+    from scene3d.export.formats import FORMATS
+    from scene3d.runs import open_run
+    from scene3d.train.evaluation import evaluate_model
 
     dev = pick_device(device)
-    spec, ds, model, state = load_run(Path(run), device)
-    if spec.model != "slimmerf":
-        raise Scene3dError(f"{run}: is a {spec.model} run; bench slim needs a slimmerf run")
+    run_ = open_run(Path(run))
+    model = run_.load_model(dev)
+    if not model.caps.slimmable:
+        raise Scene3dError(f"{run}: is a {run_.spec.model} run; bench slim needs a slimmable representation")
+    fmt = next(f for f in FORMATS.values() if f.kind == "model" and f.needs == "slimmable")
+    ds = run_.dataset()
     if images > 0 and len(ds.test_indices) > images:  # an even subset of the test views
         keep = np.linspace(0, len(ds.test_indices) - 1, images).round().astype(int)
         ds.test_indices = [ds.test_indices[i] for i in sorted(set(keep.tolist()))]
@@ -35,11 +39,11 @@ def run_bench(run: Path, ranks: tuple[int, ...] = (1, 2, 4, 8, 12, 16), images: 
     ranks = tuple(r for r in ranks if 1 <= r <= model.rank) or (model.rank,)
     with tempfile.TemporaryDirectory() as tmp:
         for r in ranks:
-            path = save_slimmed(model, r, Path(tmp) / f"rank{r}.slimmerf", transform=state["dataset"]["transform"])
-            slim, _ = load_slimmed(path, dev)
+            path = fmt.write(Path(tmp) / f"rank{r}{fmt.suffix}", model, transform=run_.transform, rank=r)
+            slim, _ = fmt.read(path, device=dev)
             t0 = time.perf_counter()
             with torch.no_grad():
-                res = evaluate_model(slim, ds, dev, spec.train_cfg.get("background_mode", "auto"))
+                res = evaluate_model(slim, ds, dev, run_.background_mode)
             seconds = time.perf_counter() - t0
             rows.append({"rank": r, "bytes": path.stat().st_size, "psnr": res["psnr"], "ssim": res["ssim"], "eval_seconds_per_image": seconds / res["num_images"], "num_images": res["num_images"]})
             console.print(f"rank {r:>2}: {path.stat().st_size / 1e6:6.2f} MB  PSNR {res['psnr']:.2f} dB  SSIM {res['ssim']:.4f}")

@@ -24,9 +24,9 @@ import torch
 def render_times(run: Path, size: int, frames: int, device: str, modes=("rgb", "depth")) -> list[dict]:
     from PIL import Image
 
-    from scene3d.train.trainer import pick_device
-    from scene3d.render import look_at
-    from scene3d.viewer.camera import camera_pose, matrix_to_quat, viewer_camera
+    from scene3d.device import pick_device
+    from scene3d.geometry import look_at, matrix_to_quat
+    from scene3d.viewer.camera import camera_pose, viewer_camera
     from scene3d.viewer.server import ViewerServer
     from scene3d.viewer.target import load_target
 
@@ -68,7 +68,7 @@ def render_times(run: Path, size: int, frames: int, device: str, modes=("rgb", "
                     "p90_ms": 1000 * float(np.percentile(times, 90)),
                     "fps": 1.0 / statistics.median(times),
                     "jpeg_ms": 1000 * statistics.median(encode),
-                    "primitives": int(getattr(target.model, "num_gaussians", 0) or 0),
+                    "primitives": int(target.model.stats().get("num_gaussians", 0)),
                     "device": str(dev),
                 }
             )
@@ -79,20 +79,20 @@ def render_times(run: Path, size: int, frames: int, device: str, modes=("rgb", "
 
 def training_overhead(run: Path, steps: int, device: str) -> dict:
     """Seconds per step for ``steps`` steps of the run's recipe, without and with the live viewer."""
-    from scene3d.data.config import DataConfig
-    from scene3d.models import MODELS
+    from scene3d.models import get_model
+    from scene3d.models.base import config_from_fields
+    from scene3d.runs import CONFIG, RunSpec, data_config
     from scene3d.train.config import TrainConfig
-    from scene3d.train.run import create_trainer, strategy_classes
-    from scene3d.train.trainer import RunSpec
+    from scene3d.train.setup import create_trainer, strategy_classes
     from scene3d.viewer.server import start_live_viewer
 
-    spec = RunSpec.from_yaml(Path(run) / "config.yaml")
+    spec = RunSpec.from_yaml(Path(run) / CONFIG)
     result = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label in ("without viewer", "with viewer", "without viewer (again)"):
-            model_cfg = MODELS[spec.model](**spec.model_cfg)
+            model_cfg = config_from_fields(get_model(spec.model).Config, spec.model_cfg)
             strategy = strategy_classes()[spec.strategy](**spec.strategy_cfg)
-            data_cfg = DataConfig(**{**spec.data_cfg, "background": tuple(spec.data_cfg["background"])})
+            data_cfg = data_config(spec.data_cfg)
             train = TrainConfig(max_steps=steps, save_every=0, eval_every=0, seed=int(spec.train_cfg.get("seed", 0)), device=device)
             out = Path(tmp) / label.replace(" ", "_").replace("(", "").replace(")", "")
             trainer = create_trainer(Path(spec.scene), out, spec.model, model_cfg, spec.strategy, strategy, data_cfg, train)

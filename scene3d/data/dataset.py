@@ -83,6 +83,18 @@ class SceneDataset:
     def num_points(self) -> int:
         return 0 if self.points is None else int(self.points.shape[0])
 
+    def background_for(self, mode: str = "auto") -> tuple[float, float, float] | None:
+        """The colour renders are composited on outside training (evaluation, test renders, the
+        viewer) for a ``--background-mode``: white for ``white``; for ``auto`` and ``random``, the
+        colour this dataset's transparent images are composited on where they have an alpha channel
+        (Blender synthetic scenes: ``--data.background``, white by default); None (black) otherwise.
+        This is the one place that rule lives."""
+        if mode == "white":
+            return (1.0, 1.0, 1.0)
+        if mode in ("auto", "random") and self.format == "blender":
+            return tuple(float(c) for c in self.background)
+        return None
+
     def split_indices(self, split: Literal["train", "test", "all"]) -> list[int]:
         return {"train": self.train_indices, "test": self.test_indices, "all": list(range(len(self)))}[split]
 

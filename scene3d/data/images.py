@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from scene3d.atomic import atomic_path
 from scene3d.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -95,13 +95,6 @@ def ensure_downscaled(src: Path, dst: Path, size: tuple[int, int]) -> Path:
     if dst.is_file():
         return dst
     arr = read_image(src, size)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(dst, suffix=".png") as tmp:
         Image.fromarray(arr).save(tmp, format="PNG")
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return dst

@@ -10,8 +10,6 @@ border appears (OpenCV's ``alpha = 0``).
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from scene3d.atomic import atomic_path
 from scene3d.cameras import CameraModel, Cameras, distort
 from scene3d.data import images as imio
 
@@ -92,11 +91,8 @@ def undistort_dataset(ds):
         dst = folder / f"{i:05d}_{tag}_{Path(ds.image_paths[i]).stem}.png"
         if not dst.is_file():
             out = undistort_image(ds.image_uint8(i), cams, i, zoom)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=dst.parent, suffix=".png")
-            os.close(fd)
-            Image.fromarray(out).save(tmp, format="PNG")
-            os.replace(tmp, dst)
+            with atomic_path(dst, suffix=".png") as tmp:
+                Image.fromarray(out).save(tmp, format="PNG")
         paths[i] = dst
     model = cams.model.clone()
     model[todo] = int(CameraModel.PINHOLE)

@@ -82,7 +82,7 @@ class PixelErrorStrategy(ADCStrategy):
     # ------------------------------------------------------------------ the score
     def error_map(self, rgb: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         """[C, H, W] per-pixel auxiliary error of renders ``rgb`` against ``gt`` ([C, H, W, 3])."""
-        from scene3d.train.metrics import ssim_map
+        from scene3d.metrics import ssim_map
 
         rgb, gt = rgb.detach().clamp(0, 1), gt.detach()
         if self.error == "l1":

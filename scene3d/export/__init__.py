@@ -1,21 +1,31 @@
-"""Exporting trained Gaussian models: the standard 3DGS PLY, mapped back to the input frame.
+"""Scene files: the format registry (:mod:`scene3d.export.formats`, light to import) and the
+writers and readers of each format.
 
 Models are trained in scene3d's normalised frame (``x_norm = dataset.transform @ x_input``);
 ``write_ply(path, params, transform=inv(dataset.transform))`` writes them where the user's cameras
-are, with means, rotations, scales and view-dependent colour (SH) all mapped consistently.
+are, with means, rotations, scales and view-dependent colour (SH) all mapped consistently. The
+names below load their modules (which import torch) on first use, so listing formats stays instant.
 """
 
-from scene3d.export.ply import ply_property_names, read_ply, write_ply
-from scene3d.export.sh_rotation import eval_sh, eval_sh_basis, rotate_sh, sh_rotation_matrices
-from scene3d.export.transform import transform_gaussians
+from __future__ import annotations
 
-__all__ = [
-    "eval_sh",
-    "eval_sh_basis",
-    "ply_property_names",
-    "read_ply",
-    "rotate_sh",
-    "sh_rotation_matrices",
-    "transform_gaussians",
-    "write_ply",
-]
+import importlib
+
+_LAZY = {
+    "eval_sh": "scene3d.export.sh_rotation",
+    "eval_sh_basis": "scene3d.export.sh_rotation",
+    "rotate_sh": "scene3d.export.sh_rotation",
+    "sh_rotation_matrices": "scene3d.export.sh_rotation",
+    "ply_property_names": "scene3d.export.ply",
+    "read_ply": "scene3d.export.ply",
+    "write_ply": "scene3d.export.ply",
+    "transform_gaussians": "scene3d.export.transform",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'scene3d.export' has no attribute {name!r}")

@@ -7,16 +7,13 @@ untouched; readers raise :class:`~scene3d.errors.DataError` naming the file for 
 
 from __future__ import annotations
 
-import os
-import secrets
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from scene3d.atomic import atomic_write  # noqa: F401  (the writers' one way to put a file in place)
 from scene3d.errors import DataError
 from scene3d.export.sh_rotation import sh_degree_from_rest
 
@@ -75,31 +72,6 @@ def export_arrays(params: dict[str, Tensor], transform, what: str) -> dict[str, 
 def to_tensors(arrays: dict[str, np.ndarray]) -> dict[str, Tensor]:
     """float32 tensors from a reader's arrays (contiguous copies)."""
     return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in arrays.items()}
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None] | bytes) -> Path:
-    """Write ``path`` through a temporary file in the same folder, fsync, rename into place.
-
-    ``write`` is the bytes, or a function that writes them to the open binary file. The folder is
-    created if needed. On any error the temporary file is removed and an existing ``path`` is kept.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if callable(write):
-                write(f)
-            else:
-                f.write(write)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def read_bytes(path: str | Path, what: str, max_bytes: int | None = None) -> bytes:

@@ -1,10 +1,15 @@
-"""The scene-file formats scene3d writes and reads, found by name or by file name.
+"""The file formats scene3d writes and reads, found by name or by file name: the one list the CLI,
+the viewer and the benchmarks take their choices from.
 
-Every format has a writer ``write(path, params, transform=None, **options) -> Path`` and a reader
-``read(path, transform=None) -> params``; ``params`` follow scene3d's model convention
-(:func:`scene3d.export.fileio.model_arrays`), and ``transform`` is the [4, 4] similarity applied
-before writing or after reading (the normalised -> input frame map for an export). A format's module
-is imported only when it is used.
+Two kinds. *Gaussian scene files* (``kind="gaussians"``: ply, splat, compressed-ply, spz, sog) hold
+3D Gaussians, which any representation that can be baked writes
+(:meth:`~scene3d.models.base.Representation.to_gaussians`); each has a writer ``write(path,
+params, transform=None, **options) -> Path`` and a reader ``read(path, transform=None) -> params``,
+``params`` in scene3d's Gaussian convention (:func:`scene3d.export.fileio.model_arrays`) and
+``transform`` the [4, 4] similarity applied before writing or after reading (the normalised ->
+input frame map of an export). *Model files* (``kind="model"``) hold a representation's own state
+(:mod:`scene3d.export.model_file`); ``needs`` names the capability a model must declare to be
+written as one. A format's module is imported only when it is used.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
 
 from scene3d.errors import DataError, Scene3dError
 
@@ -27,6 +34,12 @@ class SceneFormat:
     writer: str
     reader: str
     description: str
+    kind: Literal["gaussians", "model"] = "gaussians"
+    needs: str | None = None  # the Caps field a representation needs to be written in this format
+
+    @property
+    def suffix(self) -> str:
+        return self.suffixes[0]
 
     def _load(self, attr: str) -> Callable:
         return getattr(importlib.import_module(self.module), attr)
@@ -34,8 +47,9 @@ class SceneFormat:
     def write(self, path: str | Path, params: dict[str, Tensor], transform=None, **options) -> Path:
         return self._load(self.writer)(path, params, transform=transform, **options)
 
-    def read(self, path: str | Path, transform=None) -> dict[str, Tensor]:
-        return self._load(self.reader)(path, transform=transform)
+    def read(self, path: str | Path, **kwargs):
+        """Gaussian formats: ``read(path, transform=None) -> params``; model files: ``read(path, device=...) -> (model, transform)``."""
+        return self._load(self.reader)(path, **kwargs)
 
 
 FORMATS: dict[str, SceneFormat] = {
@@ -52,12 +66,21 @@ FORMATS: dict[str, SceneFormat] = {
                     "Niantic spz: gzip, 24-bit fixed-point positions, quantised attributes"),
         SceneFormat("sog", (".sog",), "scene3d.export.sog", "write_sog", "read_sog",
                     "PlayCanvas SOG: attributes sorted into a 2D grid, quantised, WebP images and codebooks, zipped"),
+        # SlimmeRF's slimmed models (the format carries the method's name): a run truncated to a rank
+        SceneFormat("slimmerf", (".slimmerf",), "scene3d.export.model_file", "write_model_file", "read_model_file",
+                    "a slimmable run truncated to a rank (--rank), loadable on its own", kind="model", needs="slimmable"),
     )
 }  # fmt: skip
 
 
-def format_names() -> list[str]:
-    return list(FORMATS)
+def format_names(kind: str | None = None) -> list[str]:
+    """Every format's name, or those of one kind ("gaussians" or "model")."""
+    return [f.name for f in FORMATS.values() if kind is None or f.kind == kind]
+
+
+def gaussian_formats() -> list[SceneFormat]:
+    """The formats that hold Gaussians (what the viewer's crop export and bench export offer)."""
+    return [f for f in FORMATS.values() if f.kind == "gaussians"]
 
 
 def get_format(name: str) -> SceneFormat:
@@ -90,9 +113,11 @@ def _is_compressed_ply(path: Path) -> bool:
 
 
 def read_scene(path: str | Path, transform=None) -> dict[str, Tensor]:
-    """Read any scene file scene3d knows (chosen by name; compressed PLYs also by header)."""
+    """Read any Gaussian scene file scene3d knows (chosen by name; compressed PLYs also by header)."""
     path = Path(path)
     fmt = format_of_path(path)
+    if fmt.kind != "gaussians":
+        raise DataError(path, f"is a {fmt.name} model file, not a file of Gaussians")
     if fmt.name == "ply" and _is_compressed_ply(path):
         fmt = FORMATS["compressed-ply"]
     return fmt.read(path, transform=transform)
@@ -102,3 +127,28 @@ def write_scene(path: str | Path, params: dict[str, Tensor], format: str | None 
     """Write ``params`` as ``format`` (default: the one the file name says)."""
     fmt = get_format(format) if format is not None else format_of_path(path)
     return fmt.write(path, params, transform=transform, **options)
+
+
+def open_file(path: str | Path, device="cpu", transform=None):
+    """(representation, input -> model frame [4, 4] or None) of any file scene3d reads.
+
+    A Gaussian scene file becomes the representation that renders those Gaussians, mapped by
+    ``transform`` (e.g. a dataset's input -> normalised transform; the model frame is then that
+    one, else the file's own input frame and the identity). A model file becomes the
+    representation it holds, in its run's normalised frame (its recorded transform, or None)."""
+    import numpy as np
+
+    from scene3d.models import representation_for_gaussians
+    from scene3d.models.base import GaussianSet
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "does not exist")
+    fmt = format_of_path(path)
+    if fmt.kind == "model":
+        return fmt.read(path, device=device)
+    params = read_scene(path, transform=None if transform is None else np.asarray(transform, dtype=np.float64))
+    if params["means"].shape[0] == 0:
+        raise DataError(path, "holds no Gaussians")
+    frame = np.eye(4) if transform is None else np.asarray(transform, dtype=np.float64)
+    return representation_for_gaussians(GaussianSet.from_params(params), device), frame

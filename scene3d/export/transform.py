@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from scene3d.export.sh_rotation import rotate_sh
+from scene3d.geometry import matrix_to_quaternion, quaternion_multiply
 
 GAUSSIAN_KEYS = ("means", "quats", "scales", "opacities", "sh0", "shN")
 
@@ -47,46 +48,6 @@ def decompose_similarity(T) -> tuple[float, Tensor, Tensor]:
     if err > 1e-4:
         raise ValueError(f"transform is not a similarity: its 3x3 part is {err:.2e} away from a scaled rotation")
     return s, R, T[:3, 3].clone()
-
-
-def matrix_to_quaternion(R: Tensor) -> Tensor:
-    """Rotation matrix [3, 3] -> unit quaternion [4] (w, x, y, z) with ``w >= 0``.
-
-    Uses the largest of the four ``|q_i|`` candidates, so it is accurate for every rotation,
-    including half turns where ``w`` is near 0.
-    """
-    m = R.to(torch.float64)
-    trace = m[0, 0] + m[1, 1] + m[2, 2]
-    diag = torch.diagonal(m)
-    cand = torch.stack([1 + trace, 1 + 2 * diag[0] - trace, 1 + 2 * diag[1] - trace, 1 + 2 * diag[2] - trace])  # 4 q_i^2
-    i = int(torch.argmax(cand))
-    S = 2 * torch.sqrt(torch.clamp(cand[i], min=1e-300))  # = 4 |q_i|
-    if i == 0:
-        q = [S / 4, (m[2, 1] - m[1, 2]) / S, (m[0, 2] - m[2, 0]) / S, (m[1, 0] - m[0, 1]) / S]
-    elif i == 1:
-        q = [(m[2, 1] - m[1, 2]) / S, S / 4, (m[0, 1] + m[1, 0]) / S, (m[0, 2] + m[2, 0]) / S]
-    elif i == 2:
-        q = [(m[0, 2] - m[2, 0]) / S, (m[0, 1] + m[1, 0]) / S, S / 4, (m[1, 2] + m[2, 1]) / S]
-    else:
-        q = [(m[1, 0] - m[0, 1]) / S, (m[0, 2] + m[2, 0]) / S, (m[1, 2] + m[2, 1]) / S, S / 4]
-    q = torch.stack(q)
-    q = q / torch.linalg.norm(q)
-    return -q if q[0] < 0 else q
-
-
-def quaternion_multiply(a: Tensor, b: Tensor) -> Tensor:
-    """Hamilton product ``a * b`` of quaternions [..., 4] (w, x, y, z); rotates by ``b`` then ``a``."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack(
-        [
-            aw * bw - ax * bx - ay * by - az * bz,
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-        ],
-        dim=-1,
-    )
 
 
 def transform_gaussians(params: dict[str, Tensor], T) -> dict[str, Tensor]:

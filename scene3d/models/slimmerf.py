@@ -28,7 +28,8 @@ weight exceeds ``weight_threshold``, as TensoRF does.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -36,7 +37,101 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scene3d.cameras import Cameras
-from scene3d.models.config import SlimmeRFConfig
+from scene3d.models.base import Caps, Control, Representation
+
+@dataclass
+class SlimmeRFConfig:
+    """Hyperparameters of the slimmerf representation (SlimmeRF, Yuan & Zhao 3DV 2024: TensoRF's
+    vector-matrix decomposition trained with Tensorial Rank Incrementation). Defaults: the
+    reference code's NeRF-synthetic recipe (30k steps); ``--preset cpu`` fits two CPU cores."""
+
+    rank: int = 16
+    """R: density components per plane at full rank (appearance has 3R)."""
+    init_rank: int = 1
+    """Rank at the start (density 1, appearance 3)."""
+    rank_inc: int = 1
+    """Rank added at each incrementation (density 1, appearance 3)."""
+    rank_upsilon: float = 0.4
+    """TRaIn: the rank grows when the relative change of the batch loss between consecutive
+    steps exceeds this (the reference code's upsilon)."""
+    rank_cooldown: int = 100
+    """Fewest steps between two rank incrementations."""
+    rank_epsilon: float = 1e-6
+    """Components above the current rank are multiplied by this (not zeroed, so they still learn)."""
+    app_dim: int = 27
+    """Width of the appearance feature the shading MLP reads."""
+    grid_init: int = 128
+    """Voxels per side at the start (N_voxel_init = grid_init^3)."""
+    grid_final: int = 300
+    """Voxels per side after the last upsampling."""
+    upsample_steps: tuple[int, ...] = (2000, 3000, 4000, 5500, 7000)
+    """Steps the grids are upsampled at (voxel counts log-spaced from init to final)."""
+    alpha_mask_steps: tuple[int, ...] = (2000, 4000)
+    """Steps the alpha mask is rebuilt at; the first also shrinks the box to what is occupied."""
+    alpha_mask_threshold: float = 1e-4
+    """Voxels whose alpha (over one step) stays below this are empty."""
+    occupancy_every: int = 16
+    """Steps between occupancy-grid refreshes (the sampler skips empty cells)."""
+    occupancy_resolution: int = 128
+    """Cells per side of the occupancy grid."""
+    step_ratio: float = 0.5
+    """Sampling step along rays, in voxels."""
+    max_samples: int = 1024
+    """Most samples per ray."""
+    batch_rays: int = 4096
+    """Rays per training step."""
+    lr_grid: float = 0.02
+    lr_network: float = 1e-3
+    lr_decay_ratio: float = 0.1
+    """Learning rates decay exponentially to this fraction at the last step."""
+    lr_upsample_reset: bool = True
+    """Reset the learning rates to their initial values after each upsampling."""
+    l1_weight_initial: float = 8e-5
+    """L1 on the density components until the first alpha mask."""
+    l1_weight_rest: float = 4e-5
+    tv_weight_density: float = 0.0
+    tv_weight_app: float = 0.0
+    density_shift: float = -10.0
+    """Added to the density feature before softplus (empty space starts at ~zero density)."""
+    distance_scale: float = 25.0
+    view_pe: int = 2
+    fea_pe: int = 2
+    hidden: int = 128
+    weight_threshold: float = 1e-4
+    """Samples whose rendering weight is below this skip the appearance network."""
+    shade_topk: int = 8
+    """In training, each ray's heaviest samples are shaded whatever their weight (so the field
+    learns from the first step, also on dark backgrounds)."""
+    scene_box: float = 1.5
+    """Half-size of the largest box modelled, in the normalised frame (cameras inside the unit
+    sphere): the dataset's AABB clipped to it. Unbounded captures are modelled inside it."""
+    backend: Literal["auto", "nerfacc", "torch"] = "auto"
+    """Volume rendering: nerfacc's batched functions (CPU and CUDA) or the PyTorch twin."""
+
+
+PRESETS: dict[str, dict] = {
+    # The reference code's NeRF-synthetic recipe: 30k steps of 4096 rays, grids 128^3 -> 300^3.
+    "default": {},
+    "cpu": {
+        # What two CPU cores train in about 20 minutes (lego at 200x200): half the rays per
+        # step, smaller grids and network, the schedule compressed; the rank grows about every
+        # 75 steps (the batch loss of 2048 rays changes by more than 5% between most steps).
+        "train": {"max_steps": 3000, "time_budget": 1200.0},
+        "model": {
+            "batch_rays": 2048,
+            "grid_init": 64,
+            "grid_final": 200,
+            "upsample_steps": (300, 600, 1000, 1500, 2000),
+            "alpha_mask_steps": (300, 1000),
+            "occupancy_resolution": 64,
+            "step_ratio": 0.75,
+            "hidden": 64,
+            "rank_upsilon": 0.05,
+            "rank_cooldown": 75,
+        },
+    },
+}
+
 
 MAT_MODES = ((0, 1), (0, 2), (1, 2))  # plane p spans these axes (u -> width, v -> height)
 VEC_MODES = (2, 1, 0)  # ... and its line runs along this one
@@ -55,11 +150,13 @@ def positional_encoding(x: Tensor, freqs: int) -> Tensor:
     return torch.cat([torch.sin(y), torch.cos(y)], dim=-1)
 
 
-class SlimmeRFModel(nn.Module):
+class SlimmeRFModel(Representation):
     """A TensoRF-VM field with a current rank, trained by rays."""
 
     name = "slimmerf"
-    ray_based = True
+    Config = SlimmeRFConfig
+    caps = Caps(slimmable=True)
+    presets = PRESETS
 
     def __init__(self, cfg: SlimmeRFConfig, aabb: Tensor, grid_size: list[int], rank: int | None = None):
         super().__init__()
@@ -70,7 +167,7 @@ class SlimmeRFModel(nn.Module):
         # (fixed at creation, kept through shrinking) makes densities mean the same in any frame.
         self.density_scale = cfg.distance_scale * 3.0 / float((self.aabb[1] - self.aabb[0]).mean())
         self.grid_size = [int(g) for g in grid_size]
-        self.rank = int(cfg.init_rank if rank is None else rank)
+        self.current_rank = int(cfg.init_rank if rank is None else rank)
         g = torch.Generator().manual_seed(0)
 
         def planes(n):
@@ -93,7 +190,7 @@ class SlimmeRFModel(nn.Module):
         self.upsample_index = 0
         self.lr_reset_step = 0
         self.l1_weight = cfg.l1_weight_initial
-        self.optimizers = self._make_optimizers()
+        self.setup_optimizers()  # made again where the engine places the model
 
     # ------------------------------------------------------------------ creation and state
     @classmethod
@@ -106,9 +203,9 @@ class SlimmeRFModel(nn.Module):
     def from_state(cls, state: dict, cfg: SlimmeRFConfig) -> "SlimmeRFModel":
         if int(state.get("full_rank", cfg.rank)) != cfg.rank:  # a slimmed file: its own width
             cfg = SlimmeRFConfig(**{**asdict(cfg), "rank": int(state["full_rank"])})
-        model = cls(cfg, state["aabb"], state["grid_size"], rank=int(state["rank"]))
+        model = cls(cfg, state["aabb"].cpu(), state["grid_size"], rank=int(state["rank"]))
         model.density_scale = float(state.get("density_scale", model.density_scale))
-        model.load_state_dict({k: v for k, v in state["params"].items()})
+        model.load_state_dict({k: v.cpu() for k, v in state["params"].items()})
         model.upsample_index = int(state.get("upsample_index", 0))
         model.lr_reset_step = int(state.get("lr_reset_step", 0))
         model.last_rank_step = int(state.get("last_rank_step", -10**9))
@@ -117,21 +214,17 @@ class SlimmeRFModel(nn.Module):
             from scene3d.renderers.rays import OccupancyGrid
 
             occ = state["occupancy"]
-            model.occupancy = OccupancyGrid(occ["state"]["aabb"], int(occ["resolution"])).to(model.aabb.device)
-            model.occupancy.load_state_dict(occ["state"])
+            model.occupancy = OccupancyGrid(occ["state"]["aabb"].cpu(), int(occ["resolution"]))
+            model.occupancy.load_state_dict({k: v.cpu() for k, v in occ["state"].items()})
         model.step_size = model._step_size()
-        model.optimizers = model._make_optimizers()
-        if "optimizers" in state:
-            for name, opt in model.optimizers.items():
-                opt.load_state_dict(state["optimizers"][name])
         return model
 
-    def state(self, with_optimizers: bool = True) -> dict:
+    def state(self) -> dict:
         out = {
             "params": {k: v.detach().clone() for k, v in self.state_dict().items() if k != "aabb" and not k.startswith("occupancy.")},
             "aabb": self.aabb.detach().cpu().clone(),
             "grid_size": list(self.grid_size),
-            "rank": self.rank,
+            "rank": self.current_rank,
             "full_rank": self.cfg.rank,
             "density_scale": self.density_scale,
             "upsample_index": self.upsample_index,
@@ -139,10 +232,7 @@ class SlimmeRFModel(nn.Module):
             "last_rank_step": self.last_rank_step,
             "l1_weight": self.l1_weight,
             "occupancy": None if self.occupancy is None else {"resolution": self.occupancy.resolution, "state": {k: v.detach().clone() for k, v in self.occupancy.state_dict().items()}},
-            "scene_scale": 1.0,
         }
-        if with_optimizers:
-            out["optimizers"] = {k: opt.state_dict() for k, opt in self.optimizers.items()}
         return out
 
     def load_state_dict(self, state_dict, strict: bool = True):  # noqa: D102 - the aabb buffer is kept apart
@@ -171,20 +261,20 @@ class SlimmeRFModel(nn.Module):
             elif k == "basis.weight":
                 v = v[:, keep].clone()
             params[k] = v
-        state = self.state(with_optimizers=False)
-        state.update(params=params, rank=min(self.rank, rank), full_rank=rank)
+        state = self.state()
+        state.update(params=params, rank=min(self.current_rank, rank), full_rank=rank)
         return state
 
     # ------------------------------------------------------------------ optimisation
     def _grid_params(self):
         return [*self.density_planes, *self.density_lines, *self.app_planes, *self.app_lines]
 
-    def _make_optimizers(self) -> dict:
+    def make_optimizers(self) -> dict:
         c = self.cfg
         groups = [{"params": self._grid_params(), "lr": c.lr_grid, "name": "grid"}, {"params": [*self.basis.parameters(), *self.mlp.parameters()], "lr": c.lr_network, "name": "network"}]
         return {"all": torch.optim.Adam(groups, betas=(0.9, 0.99))}
 
-    def update_learning_rates(self, step: int, max_steps: int) -> None:
+    def schedule(self, step: int, max_steps: int) -> None:
         """Exponential decay to ``lr_decay_ratio`` over training, restarted at each upsampling."""
         c = self.cfg
         factor = c.lr_decay_ratio ** (max(step - self.lr_reset_step, 0) / max(max_steps, 1))
@@ -203,7 +293,7 @@ class SlimmeRFModel(nn.Module):
     def rank_masks(self, rank: int | None = None, epsilon: float | None = None) -> tuple[Tensor, Tensor]:
         """Per-component factors: 1 up to the rank, ``epsilon`` above (density [R], appearance [3 x 3R])."""
         R = self.cfg.rank
-        r = self.rank if rank is None else max(0, min(int(rank), R))
+        r = self.current_rank if rank is None else max(0, min(int(rank), R))
         eps = self.cfg.rank_epsilon if epsilon is None else epsilon
         dev = self.aabb.device
         d = torch.full((R,), eps, device=dev)
@@ -212,12 +302,13 @@ class SlimmeRFModel(nn.Module):
         a[: 3 * r] = 1.0
         return d, a.repeat(3)
 
-    def after_step(self, step: int, loss: float, max_steps: int, dataset=None) -> None:
-        """TRaIn, the occupancy grid, the alpha mask and the upsampling schedule."""
+    def after_step(self, step: int, losses: dict[str, Tensor]) -> None:
+        """TRaIn (on this step's photometric loss), the occupancy grid, the alpha mask and the upsampling schedule."""
         c = self.cfg
-        if self.last_loss is not None and self.rank < c.rank and step - self.last_rank_step > c.rank_cooldown:
+        loss = float(losses["rgb"])  # TRaIn decides on the host: one synchronisation per step
+        if self.last_loss is not None and self.current_rank < c.rank and step - self.last_rank_step > c.rank_cooldown:
             if abs(self.last_loss - loss) / max(loss, 1e-12) > c.rank_upsilon:
-                self.rank = min(self.rank + c.rank_inc, c.rank)
+                self.current_rank = min(self.current_rank + c.rank_inc, c.rank)
                 self.last_rank_step = step
         self.last_loss = loss
         done = step + 1
@@ -263,52 +354,61 @@ class SlimmeRFModel(nn.Module):
     # ------------------------------------------------------------------ rendering
     def _ray_options(self, rank: int | None, epsilon: float | None, crop) -> dict:
         """The shared ray renderer's arguments for this model (two-stage shading, rank masks)."""
+        from scene3d.renderers.rays import OccupancySampler
+
         aabb = self.aabb.reshape(-1)
         if crop is not None:
-            lo = torch.maximum(self.aabb[0], torch.as_tensor(crop[0], dtype=torch.float32, device=aabb.device))
-            hi = torch.minimum(self.aabb[1], torch.as_tensor(crop[1], dtype=torch.float32, device=aabb.device))
+            lo = torch.maximum(self.aabb[0], torch.as_tensor(np.asarray(crop[0]), dtype=torch.float32, device=aabb.device))
+            hi = torch.minimum(self.aabb[1], torch.as_tensor(np.asarray(crop[1]), dtype=torch.float32, device=aabb.device))
             aabb = torch.cat([lo, torch.maximum(hi, lo)])
         return dict(
             field=lambda pts: self.density(pts, rank, epsilon), color=lambda pts, dirs: self.color(pts, dirs, rank, epsilon),
-            aabb=aabb, step_size=self.step_size, max_samples=self.num_samples(), grid=self.occupancy,
+            sampler=OccupancySampler(aabb, step_size=self.step_size, max_samples=self.num_samples(), grid=self.occupancy),
             weight_threshold=self.cfg.weight_threshold, shade_topk=self.cfg.shade_topk, backend=self.cfg.backend,
         )  # fmt: skip
 
-    def render_rays(self, origins: Tensor, dirs: Tensor, *, background: Tensor | None = None, rank: int | None = None, epsilon: float | None = None,
+    def render_rays(self, rays, *, background: Tensor | None = None, rank: int | None = None, epsilon: float | None = None,
                     stratified: bool = False, generator: torch.Generator | None = None, crop=None):
-        """Volume-renders rays [N, 3]; returns a RayOutput (rgb, alpha, depth)."""
+        """Volume-renders :class:`~scene3d.renderers.rays.Rays`; returns a RayOutput (rgb, alpha, depth)."""
         from scene3d.renderers.rays import render_rays
 
-        return render_rays(origins=origins, dirs=dirs, background=background, stratified=stratified, generator=generator,
-                           **self._ray_options(rank, epsilon, crop))  # fmt: skip
+        return render_rays(rays=rays, background=background, stratified=stratified, generator=generator, **self._ray_options(rank, epsilon, crop))
 
     @torch.no_grad()
-    def render(self, cameras: Cameras, *, background: Tensor | None = None, rank: int | None = None, crop=None, chunk: int = 8192, **_unused):
-        """Renders one camera's whole image in chunks of rays; returns rgb, alpha, depth [1, H, W, .]."""
+    def render(self, cameras: Cameras, *, background: Tensor | None = None, options: dict | None = None, crop=None):
+        """Renders one camera's whole image in chunks of rays; returns rgb, alpha, depth [1, H, W, .].
+        ``options["rank"]`` slims the render (capped at the rank trained, and at :meth:`use_rank`'s)."""
         from scene3d.renderers.rays import render_image
 
-        if rank is None and self.eval_rank is not None:
-            rank = min(self.eval_rank, self.rank)
-        return render_image(cameras=cameras, chunk=chunk, background=background, **self._ray_options(rank, None, crop))
+        rank = self.current_rank if self.eval_rank is None else min(self.eval_rank, self.current_rank)
+        if options and options.get("rank") is not None:
+            rank = min(int(options["rank"]), rank)
+        return render_image(cameras=cameras, chunk=8192, background=background, **self._ray_options(rank, None, crop))
 
     # ------------------------------------------------------------------ training by rays
-    def train_rays(self, origins: Tensor, dirs: Tensor, background: Tensor | None, generator: torch.Generator | None):
-        return self.render_rays(origins, dirs, background=background, stratified=True, generator=generator)
+    def batch(self, data, step: int, generator: torch.Generator):
+        return data.ray_batch(step, self.cfg.batch_rays, generator)
 
-    def regularization(self, step: int) -> Tensor | None:
-        """L1 on the (rank-masked) density components, and TV when its weights are set."""
+    def forward(self, batch, step: int):
+        return self.render_rays(batch.rays, background=batch.background, stratified=True, generator=batch.generator)
+
+    def losses(self, out, batch, step: int) -> dict[str, Tensor]:
+        """MSE on the rays, L1 on the (rank-masked) density components, and TV when its weights are set."""
         c = self.cfg
-        total = None
-        d_mask, a_mask = self.rank_masks()
+        terms = {"rgb": torch.mean((out.rgb - batch.target) ** 2)}
+        d_mask, _ = self.rank_masks()
         if self.l1_weight > 0:
             l1 = sum((pl.abs().mean(dim=(0, 2, 3)) * d_mask).sum() / d_mask.numel() + (li.abs().mean(dim=(0, 2, 3)) * d_mask).sum() / d_mask.numel()
-                     for pl, li in zip(self.density_planes, self.density_lines))
-            total = self.l1_weight * l1
+                     for pl, li in zip(self.density_planes, self.density_lines))  # fmt: skip
+            terms["l1"] = self.l1_weight * l1
+        tv = None
         for weight, planes in ((c.tv_weight_density, self.density_planes), (c.tv_weight_app, self.app_planes)):
             if weight > 0:
-                tv = sum(_tv(pl) for pl in planes) * 1e-2
-                total = weight * tv if total is None else total + weight * tv
-        return total
+                term = weight * sum(_tv(pl) for pl in planes) * 1e-2
+                tv = term if tv is None else tv + term
+        if tv is not None:
+            terms["tv"] = tv
+        return terms
 
     # ------------------------------------------------------------------ schedule
     @torch.no_grad()
@@ -369,7 +469,7 @@ class SlimmeRFModel(nn.Module):
         self.aabb.copy_(torch.stack([self.aabb[0] + lo.float() * units, self.aabb[0] + (hi - 1).float() * units]))
         self.grid_size = [h - l for l, h in zip(lo_l, hi_l)]
         self.step_size = self._step_size()
-        self.optimizers = self._make_optimizers()
+        self.optimizers = self.make_optimizers()
 
     @torch.no_grad()
     def upsample(self, step: int) -> None:
@@ -389,28 +489,33 @@ class SlimmeRFModel(nn.Module):
         self.step_size = self._step_size()
         if c.lr_upsample_reset:
             self.lr_reset_step = step
-        self.optimizers = self._make_optimizers()
+        self.optimizers = self.make_optimizers()
+
+    # ------------------------------------------------------------------ slimming
+    @property
+    def rank(self) -> int:
+        return self.current_rank
+
+    def use_rank(self, rank: int | None) -> None:
+        self.eval_rank = None if rank is None else int(rank)
 
     # ------------------------------------------------------------------ reporting and the viewer
-    def train_stats(self) -> dict:
-        return {"rank": self.rank, "grid": "x".join(str(g) for g in self.grid_size)}
+    def stats(self) -> dict:
+        return {"rank": self.current_rank, "grid": "x".join(str(g) for g in self.grid_size)}
 
     def describe(self) -> str:
-        return f"rank {self.rank}/{self.cfg.rank}  grid {'x'.join(str(g) for g in self.grid_size)}"
+        return f"rank {self.current_rank}/{self.cfg.rank}  grid {'x'.join(str(g) for g in self.grid_size)}"
 
-    def viewer_controls(self):
-        from scene3d.viewer.controls import ViewerControl
+    def controls(self) -> list[Control]:
+        return [Control("rank", "Rank", "slider", self.cfg.rank, 1, self.cfg.rank, 1, hint="Slimming: render with only the first r components (no retraining).")]
 
-        return [ViewerControl("rank", "Rank", "slider", self.cfg.rank, 1, self.cfg.rank, 1, hint="Slimming: render with only the first r components (no retraining).")]
-
-    @torch.no_grad()
-    def viewer_render(self, cameras: Cameras, *, sh_degree=None, background: Tensor | None = None, options: dict | None = None, crop=None):
-        rank = int((options or {}).get("rank", self.rank))
-        return self.render(cameras, background=background, rank=min(rank, self.rank), crop=crop)
-
-    def viewer_stats(self) -> dict:
+    def viewer_stats(self) -> dict[str, str]:
         n = sum(p.numel() for p in self.parameters())
-        return {"rank": f"{self.rank} / {self.cfg.rank}", "grid": " x ".join(str(g) for g in self.grid_size), "parameters": f"{n:,}", "memory": f"{n * 4 / 1e6:.1f} MB"}
+        return {"rank": f"{self.current_rank} / {self.cfg.rank}", "grid": " x ".join(str(g) for g in self.grid_size), "parameters": f"{n:,}", "memory": f"{n * 4 / 1e6:.1f} MB"}
+
+    def focus(self):
+        box = self.aabb.detach().double().cpu().numpy()
+        return (box[0] + box[1]) / 2, float(np.linalg.norm(box[1] - box[0]) / 2)
 
 
 def _tv(x: Tensor) -> Tensor:
@@ -421,67 +526,9 @@ def scene_box(dataset, half_size: float) -> Tensor:
     """The modelled box in the normalised frame: the dataset's AABB clipped to a cube of
     ``half_size`` (cameras lie inside the unit sphere), or that cube when there is no AABB."""
     cube = np.array([[-half_size] * 3, [half_size] * 3], np.float32)
-    if getattr(dataset, "aabb", None) is not None:
+    if dataset.aabb is not None:
         a = np.asarray(dataset.aabb, np.float32)
         box = np.stack([np.maximum(a[0], cube[0]), np.minimum(a[1], cube[1])])
         if (box[1] > box[0]).all():
             return torch.from_numpy(box)
     return torch.from_numpy(cube)
-
-
-# ---------------------------------------------------------------------------- slimmed files
-SLIM_FORMAT = "scene3d-slimmerf"
-
-
-def save_slimmed(model: SlimmeRFModel, rank: int, path, transform=None) -> "Path":
-    """Writes the model truncated to ``rank`` as a file that loads on its own (atomically).
-    ``transform`` is the run's input -> normalised similarity, kept so the file can be compared
-    with its dataset."""
-    from pathlib import Path
-
-    path = Path(path)
-    cfg = asdict(model.cfg)
-    cfg["rank"] = int(rank)
-    payload = {
-        "format": SLIM_FORMAT,
-        "version": 1,
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
-        "model": model.slimmed_state(int(rank)),
-        "transform": None if transform is None else torch.as_tensor(np.asarray(transform), dtype=torch.float64),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
-
-
-def load_slimmed(path, device="cpu") -> tuple[SlimmeRFModel, "np.ndarray | None"]:
-    """(model, input -> normalised transform or None) from a file written by :func:`save_slimmed`."""
-    from pathlib import Path
-
-    from scene3d.errors import DataError
-    from scene3d.train.run import _to
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise DataError(path, f"is not a slimmerf file ({type(e).__name__}: {e})") from None
-    if not isinstance(payload, dict) or payload.get("format") != SLIM_FORMAT:
-        raise DataError(path, f"is not a {SLIM_FORMAT} file")
-    if payload.get("version") != 1:
-        raise DataError(path, f"has unsupported version {payload.get('version')!r}")
-    try:
-        cfg_dict = dict(payload["config"])
-        for k, v in cfg_dict.items():
-            if isinstance(v, list):
-                cfg_dict[k] = tuple(v)
-        cfg = SlimmeRFConfig(**cfg_dict)
-        model = SlimmeRFModel.from_state(_to(payload["model"], torch.device(device)), cfg)
-    except (KeyError, TypeError, RuntimeError, ValueError) as e:
-        raise DataError(path, f"holds a malformed model ({type(e).__name__}: {e})") from None
-    t = payload.get("transform")
-    return model.to(device), (None if t is None else t.numpy())

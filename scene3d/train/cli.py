@@ -16,57 +16,8 @@ import tyro
 
 from scene3d.data.config import DataConfig
 from scene3d.errors import Scene3dError
-from scene3d.models import MODELS, check_model_name
+from scene3d.models import DEFAULT_MODEL, get_model, model_names
 from scene3d.train.config import TrainConfig
-
-# Presets: overrides of the defaults, per model. "default" is the original method's recipe.
-PRESETS: dict[str, dict[str, dict]] = {
-    "3dgs": {
-        "default": {},
-        "fast": {
-            # A 7k-step recipe for CPUs and quick looks: the original schedule compressed.
-            "train": {"max_steps": 7000},
-            "model": {"sh_degree_interval": 500},
-            "strategy": {"refine_start": 250, "refine_stop": 5000, "refine_every": 100, "reset_every": 2000},
-        },
-        "short": {
-            # 3k steps: what two CPU cores train in 10-20 minutes at 1/4 resolution (benchmarks).
-            "train": {"max_steps": 3000},
-            "model": {"sh_degree_interval": 500},
-            # MCMC grows 5% per round in the 30k recipe; 20 rounds need more to reach a cap.
-            "strategy": {"refine_start": 200, "refine_stop": 2200, "refine_every": 100, "reset_every": 1500, "grow_rate": 0.2},
-        },
-        "demo": {
-            # The embedded scene in a few minutes on two CPU cores.
-            "train": {"max_steps": 3000, "save_every": 500},
-            "model": {"sh_degree": 1, "sh_degree_interval": 500},
-            "strategy": {"refine_start": 200, "refine_stop": 2200, "refine_every": 100, "reset_every": 1500, "max_gaussians": 60_000},
-            "data": {"downscale": 2},
-        },
-    },
-    "slimmerf": {
-        # The reference code's NeRF-synthetic recipe: 30k steps of 4096 rays, grids 128^3 -> 300^3.
-        "default": {},
-        "cpu": {
-            # What two CPU cores train in about 20 minutes (lego at 200x200): half the rays per
-            # step, smaller grids and network, the schedule compressed; the rank grows about every
-            # 75 steps (the batch loss of 2048 rays changes by more than 5% between most steps).
-            "train": {"max_steps": 3000, "time_budget": 1200.0},
-            "model": {
-                "batch_rays": 2048,
-                "grid_init": 64,
-                "grid_final": 200,
-                "upsample_steps": (300, 600, 1000, 1500, 2000),
-                "alpha_mask_steps": (300, 1000),
-                "occupancy_resolution": 64,
-                "step_ratio": 0.75,
-                "hidden": 64,
-                "rank_upsilon": 0.05,
-                "rank_cooldown": 75,
-            },
-        },
-    },
-}
 
 
 def _pop_option(args: list[str], flag: str, default: str) -> str:
@@ -83,15 +34,16 @@ def _pop_option(args: list[str], flag: str, default: str) -> str:
 
 
 def build_args_class(model_name: str, strategy_name: str, preset: str):
-    from scene3d.train.run import check_strategy_name, strategy_classes
+    """The tyro dataclass of ``scene3d train`` for one model, strategy and preset (whose overrides
+    become the defaults)."""
+    from scene3d.train.setup import check_strategy_name, strategy_classes
 
-    check_model_name(model_name)
+    presets = get_model(model_name).presets
     check_strategy_name(strategy_name)
-    presets = PRESETS.get(model_name, {"default": {}})
     if preset not in presets:
         raise Scene3dError(f"unknown preset {preset!r} for model {model_name}; valid presets: {', '.join(presets)}")
     over = presets[preset]
-    model_cls = MODELS[model_name]
+    model_cls = get_model(model_name).Config
     strat_cls = strategy_classes()[strategy_name]
     strat_over = {k: v for k, v in over.get("strategy", {}).items() if k in {f.name for f in dataclasses.fields(strat_cls) if f.init}}
     defaults = {
@@ -115,12 +67,12 @@ def build_args_class(model_name: str, strategy_name: str, preset: str):
 
 
 def describe() -> str:
-    from scene3d.train.run import strategy_classes
+    from scene3d.train.setup import strategy_classes
 
     lines = [
         "Trains a representation on a scene folder (any format `scene3d info` reads) into RUN.",
-        f"Models (--model): {', '.join(MODELS)}. Strategies (--strategy): {', '.join(strategy_classes())}.",
-        "Presets (--preset): " + "; ".join(f"{m}: {', '.join(p)}" for m, p in PRESETS.items()) + ".",
+        f"Models (--model): {', '.join(model_names())}. Strategies (--strategy): {', '.join(strategy_classes())}.",
+        "Presets (--preset): " + "; ".join(f"{m}: {', '.join(get_model(m).presets)}" for m in model_names()) + ".",
         "Writes RUN/config.yaml, checkpoints/, metrics.jsonl, renders/test/ and training_curve.png.",
     ]
     return "\n".join(lines)
@@ -128,10 +80,8 @@ def describe() -> str:
 
 def train_main(argv: list[str]) -> dict:
     args = list(argv)
-    from scene3d.models import DEFAULT_STRATEGY
-
-    model_name = _pop_option(args, "--model", "3dgs")
-    strategy_name = _pop_option(args, "--strategy", DEFAULT_STRATEGY.get(model_name, "none"))
+    model_name = _pop_option(args, "--model", DEFAULT_MODEL)
+    strategy_name = _pop_option(args, "--strategy", get_model(model_name).default_strategy)
     preset = _pop_option(args, "--preset", "default")
     cls = build_args_class(model_name, strategy_name, preset)
     parsed = tyro.cli(cls, args=args, prog="scene3d train", description=describe())
@@ -141,7 +91,7 @@ def train_main(argv: list[str]) -> dict:
 def run_training(scene, output, model_name, model_cfg, strategy_name, strategy, data_cfg, train_cfg) -> dict:
     from rich.console import Console
 
-    from scene3d.train.run import create_trainer
+    from scene3d.train.setup import create_trainer
 
     console = Console()
     trainer = create_trainer(Path(scene), Path(output), model_name, model_cfg, strategy_name, strategy, data_cfg, train_cfg)

@@ -29,54 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scene3d.cameras import Cameras, rigid_inverse
+from scene3d.cameras import Cameras
+from scene3d.geometry import matrix_to_quat, quat_to_matrix, rigid_inverse, slerp  # noqa: F401  (re-exported for the viewer's callers)
 from scene3d.errors import DataError
 
 PATH_FORMAT = "scene3d-camera-path"
-
-
-# ---------------------------------------------------------------------------- rotations
-def quat_to_matrix(wxyz) -> np.ndarray:
-    w, x, y, z = np.asarray(wxyz, dtype=np.float64) / np.linalg.norm(wxyz)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-        ]
-    )
-
-
-def matrix_to_quat(R) -> np.ndarray:
-    """Unit quaternion (w, x, y, z) with w >= 0 of a rotation matrix (Shepperd's method)."""
-    R = np.asarray(R, dtype=np.float64)
-    tr = np.trace(R)
-    if tr > 0:
-        s = math.sqrt(tr + 1.0) * 2
-        q = [0.25 * s, (R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s]
-    elif R[0, 0] > R[1, 1] and R[0, 0] > R[2, 2]:
-        s = math.sqrt(1.0 + R[0, 0] - R[1, 1] - R[2, 2]) * 2
-        q = [(R[2, 1] - R[1, 2]) / s, 0.25 * s, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s]
-    elif R[1, 1] > R[2, 2]:
-        s = math.sqrt(1.0 + R[1, 1] - R[0, 0] - R[2, 2]) * 2
-        q = [(R[0, 2] - R[2, 0]) / s, (R[0, 1] + R[1, 0]) / s, 0.25 * s, (R[1, 2] + R[2, 1]) / s]
-    else:
-        s = math.sqrt(1.0 + R[2, 2] - R[0, 0] - R[1, 1]) * 2
-        q = [(R[1, 0] - R[0, 1]) / s, (R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, 0.25 * s]
-    q = np.asarray(q) / np.linalg.norm(q)
-    return q if q[0] >= 0 else -q
-
-
-def slerp(q0, q1, t: float) -> np.ndarray:
-    q0, q1 = np.asarray(q0, np.float64), np.asarray(q1, np.float64)
-    dot = float(np.dot(q0, q1))
-    if dot < 0:  # the shorter way round
-        q1, dot = -q1, -dot
-    if dot > 0.9995:
-        q = q0 + t * (q1 - q0)
-        return q / np.linalg.norm(q)
-    theta = math.acos(min(dot, 1.0))
-    return (math.sin((1 - t) * theta) * q0 + math.sin(t * theta) * q1) / math.sin(theta)
 
 
 # ---------------------------------------------------------------------------- viser <-> Cameras
@@ -156,12 +113,9 @@ class CameraPath:
         }
 
     def save(self, path: Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".partial")
-        tmp.write_text(json.dumps(self.to_json(), indent=2))
-        tmp.replace(path)
-        return path
+        from scene3d.atomic import atomic_write
+
+        return atomic_write(path, json.dumps(self.to_json(), indent=2))
 
     @staticmethod
     def from_json(data, source: Path | str = "camera path") -> "CameraPath":

@@ -27,8 +27,11 @@ from scene3d.viewer.target import ViewTarget
 
 log = logging.getLogger(__name__)
 
-SCENE_FORMATS = ("ply", "splat", "compressed-ply", "spz", "sog")
-FORMAT_SUFFIX = {"ply": ".ply", "splat": ".splat", "compressed-ply": ".compressed.ply", "spz": ".spz", "sog": ".sog"}
+def _scene_formats() -> dict[str, str]:
+    """Gaussian scene formats the crop export offers, name -> file suffix (from the format registry)."""
+    from scene3d.export.formats import gaussian_formats
+
+    return {f.name: f.suffix for f in gaussian_formats()}
 
 
 @dataclass
@@ -206,9 +209,8 @@ class ViewerServer:
         mode = mode or self.mode
         bg = self.background()
         with self.lock, torch.no_grad():
-            out = self.target.model.viewer_render(
+            out = self.target.model.render(
                 cams.to(self.device),
-                sh_degree=int(self.gui["sh_degree"].value),
                 background=torch.tensor(bg, device=self.device, dtype=torch.float32),
                 options=self.render_options(),
                 crop=self.crop_box(),
@@ -302,13 +304,11 @@ class ViewerServer:
             g["mode"] = gui.add_dropdown("Render mode", RENDER_MODES, initial_value="rgb")
             bg = tuple(int(round(c * 255)) for c in t.background)
             g["background"] = gui.add_rgb("Background", bg)
-            max_sh = int(getattr(getattr(t.model, "cfg", None), "sh_degree", 0) or 0)
-            g["sh_degree"] = gui.add_slider("SH degree", 0, max(max_sh, 1), 1, max_sh, disabled=max_sh == 0)
             g["max_res"] = gui.add_slider("Max resolution", 128, 2048, 64, 1024, hint="Longest side of a still frame, in pixels.")
         self.control_handles = {}
-        controls = t.model.viewer_controls() if hasattr(t.model, "viewer_controls") else []
+        controls = t.model.controls()
         if controls:
-            with gui.add_folder(getattr(t.model, "name", "Model")):
+            with gui.add_folder(t.model.name):
                 for c in controls:
                     if c.kind == "slider":
                         h = gui.add_slider(c.label, c.min, c.max, c.step, c.default, hint=c.hint)
@@ -317,7 +317,7 @@ class ViewerServer:
                     else:
                         h = gui.add_dropdown(c.label, c.options, initial_value=c.default, hint=c.hint)
                     self.control_handles[c.key] = h
-        for h in [g["mode"], g["background"], g["sh_degree"], g["max_res"], *self.control_handles.values()]:
+        for h in [g["mode"], g["background"], g["max_res"], *self.control_handles.values()]:
             h.on_update(lambda _e: self.invalidate())
 
         if self.live:
@@ -342,9 +342,10 @@ class ViewerServer:
             step = float(10 ** math.floor(math.log10(max(self.radius, 1e-6) / 100)))
             g["crop_min"] = gui.add_vector3("Box min", tuple(float(x) for x in lo), step=step)
             g["crop_max"] = gui.add_vector3("Box max", tuple(float(x) for x in hi), step=step)
-            can_export = hasattr(t.model, "export_params")
-            g["crop_format"] = gui.add_dropdown("Export format", SCENE_FORMATS, initial_value="ply", disabled=not can_export)
-            g["crop_file"] = gui.add_text("Export file", str(t.output_dir / "exports" / "crop.ply"), disabled=not can_export)
+            can_export = t.model.caps.gaussians
+            formats = list(_scene_formats())
+            g["crop_format"] = gui.add_dropdown("Export format", formats, initial_value=formats[0], disabled=not can_export)
+            g["crop_file"] = gui.add_text("Export file", str(t.output_dir / "exports" / f"crop{_scene_formats()[formats[0]]}"), disabled=not can_export)
             g["crop_export"] = gui.add_button("Export crop", disabled=not can_export)
             for h in (g["crop"], g["crop_min"], g["crop_max"]):
                 h.on_update(lambda _e: self._crop_changed())
@@ -380,7 +381,7 @@ class ViewerServer:
 
     def _stats_markdown(self) -> str:
         rows = dict(self.target.info)
-        rows.update(self.target.model.viewer_stats() if hasattr(self.target.model, "viewer_stats") else {})
+        rows.update(self.target.model.viewer_stats())
         if self.target.cameras is not None:
             rows["training cameras"] = str(len(self.target.cameras))
         if self.last_render is not None:
@@ -438,11 +439,12 @@ class ViewerServer:
         fmt = self.gui["crop_format"].value
         current = Path(self.gui["crop_file"].value)
         stem = current.name
-        for suffix in sorted(FORMAT_SUFFIX.values(), key=len, reverse=True):
+        suffixes = _scene_formats()
+        for suffix in sorted(suffixes.values(), key=len, reverse=True):
             if stem.endswith(suffix):
                 stem = stem[: -len(suffix)]
                 break
-        self.gui["crop_file"].value = str(current.with_name(stem + FORMAT_SUFFIX[fmt]))
+        self.gui["crop_file"].value = str(current.with_name(stem + suffixes[fmt]))
 
     def export_crop(self, client=None) -> Path:
         """Writes the Gaussians inside the crop box (all of them when cropping is off), in the input frame."""
@@ -451,7 +453,10 @@ class ViewerServer:
         path = Path(self.gui["crop_file"].value)
         fmt = self.gui["crop_format"].value
         with self.lock:
-            params = self.target.model.export_params(crop=self.crop_box())
+            gaussians = self.target.model.to_gaussians(crop=self.crop_box())
+        if gaussians is None:
+            raise ValueError(f"the {self.target.model.name} representation cannot be baked to Gaussians")
+        params = {k: v.cpu() for k, v in gaussians.params().items()}
         if params["means"].shape[0] == 0:
             raise ValueError("the crop box holds no Gaussians")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -622,7 +627,7 @@ def start_live_viewer(trainer, host: str = "127.0.0.1", port: int = 8080) -> Vie
     ds = trainer.ds
     info = {"run": trainer.run_dir.name, "model": trainer.spec.model, "strategy": trainer.spec.strategy}
     target = ViewTarget(trainer.model, trainer.run_dir, "run", np.linalg.inv(np.asarray(ds.transform, dtype=np.float64)), output_dir=trainer.run_dir, info=info)
-    attach_cameras(target, ds)
+    attach_cameras(target, ds, background_mode=trainer.cfg.background_mode)
     return ViewerServer(target, host=host, port=port, device=trainer.device, live=True)
 
 
@@ -630,7 +635,7 @@ def view_command(target_path: Path, host: str = "127.0.0.1", port: int = 8080, d
     """``scene3d view``: checks and loads the target first, then serves it until Ctrl+C."""
     from rich.console import Console
 
-    from scene3d.train.trainer import pick_device
+    from scene3d.device import pick_device
     from scene3d.viewer.target import load_target
 
     dev = pick_device(device)

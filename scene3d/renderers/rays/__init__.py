@@ -1,10 +1,11 @@
 """The ray path of NeRF-style models: pick rays, clip them to the scene box, march them through an
 occupancy grid, query a field callback at the samples and volume-render the answers.
 
-    from scene3d.renderers.rays import OccupancyGrid, render_rays, sample_pixels, pixel_rays
+    from scene3d.renderers.rays import OccupancyGrid, OccupancySampler, render_rays, sample_pixels, pixel_rays
     cam, x, y = sample_pixels(cameras, train_indices, 4096, generator)
-    origins, dirs = pixel_rays(cameras, cam, x, y)
-    out = render_rays(field, origins, dirs, aabb, grid=grid, step_size=5e-3, max_samples=1024)
+    rays = pixel_rays(cameras, cam, x, y)          # origins, unit dirs, cone radii (pixel footprints)
+    sampler = OccupancySampler(aabb, step_size=5e-3, max_samples=1024, grid=grid)
+    out = render_rays(field, rays, sampler=sampler)
     out.rgb, out.alpha, out.depth, out.num_samples
 
 The kernels are model-free: a field is any callable ``(points [M, 3], dirs [M, 3]) -> (sigma [M],
@@ -15,9 +16,9 @@ batched: [N, S] samples with a validity mask.
 
 from scene3d.renderers.rays.aabb import ray_aabb
 from scene3d.renderers.rays.occupancy import OccupancyGrid
-from scene3d.renderers.rays.pixels import pixel_rays, sample_pixels
+from scene3d.renderers.rays.pixels import Rays, camera_rays, pixel_rays, sample_pixels
 from scene3d.renderers.rays.render import Field, RayOutput, RayRenderOutput, render_image, render_rays
-from scene3d.renderers.rays.sampling import RaySamples, sample_along_rays
+from scene3d.renderers.rays.sampling import OccupancySampler, RaySampler, RaySamples, sample_along_rays
 from scene3d.renderers.rays.volrend import (
     nerfacc_available,
     resolve_backend,
@@ -29,6 +30,10 @@ from scene3d.renderers.rays.volrend import (
 __all__ = [
     "Field",
     "OccupancyGrid",
+    "OccupancySampler",
+    "RaySampler",
+    "Rays",
+    "camera_rays",
     "RayOutput",
     "RayRenderOutput",
     "RaySamples",

@@ -9,6 +9,9 @@ large one). Rays go through pixel centres ``(x + 0.5, y + 0.5)`` in the OpenCV c
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -50,18 +53,77 @@ def sample_pixels(
     return cam.to(out), x.to(out), y.to(out)
 
 
-def pixel_rays(cameras: Cameras, cam: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """World-space rays through the centres of pixels (x, y) of cameras ``cam``.
+@dataclass
+class Rays:
+    """A batch of N rays.
+
+    ``radii`` is each ray's cone radius per unit of distance along its (unit) direction: the pixel's
+    footprint, so the cone through the pixel has radius ``radii * t`` at distance ``t``. As in
+    mip-NeRF it is 2/sqrt(12) times the spacing of neighbouring pixels' directions (the radius of
+    the disc whose variance matches the square pixel's); samplers and encodings that reason about
+    scale (anti-aliased grids, multisampling) read it. None where it is unknown.
+    """
+
+    origins: Tensor  # [N, 3]
+    dirs: Tensor  # [N, 3] unit
+    radii: Tensor | None = None  # [N]
+
+    def __post_init__(self) -> None:
+        n = self.origins.shape[0]
+        assert self.origins.shape == (n, 3) and self.dirs.shape == (n, 3), (
+            f"origins and dirs must be [N, 3], got {tuple(self.origins.shape)} and {tuple(self.dirs.shape)}"
+        )
+        assert self.radii is None or self.radii.shape == (n,), f"radii must be [{n}], got {tuple(self.radii.shape)}"
+
+    def __len__(self) -> int:
+        return self.origins.shape[0]
+
+    def __getitem__(self, idx) -> "Rays":
+        return Rays(self.origins[idx], self.dirs[idx], None if self.radii is None else self.radii[idx])
+
+    def to(self, device) -> "Rays":
+        return Rays(self.origins.to(device), self.dirs.to(device), None if self.radii is None else self.radii.to(device))
+
+
+_FOOTPRINT = 2.0 / math.sqrt(12.0)
+
+
+def _footprint(cameras: Cameras, index, uv: Tensor, dirs: Tensor) -> Tensor:
+    """[R] cone radii: the directions' spacing to the next pixel right and below (geometric mean)."""
+    _, dx = cameras.generate_rays(index, uv + uv.new_tensor([1.0, 0.0]))
+    _, dy = cameras.generate_rays(index, uv + uv.new_tensor([0.0, 1.0]))
+    spacing = torch.sqrt(torch.linalg.norm(dx - dirs, dim=-1) * torch.linalg.norm(dy - dirs, dim=-1))
+    return spacing * _FOOTPRINT
+
+
+def pixel_rays(cameras: Cameras, cam: Tensor, x: Tensor, y: Tensor) -> Rays:
+    """World-space rays through the centres of pixels (x, y) of cameras ``cam``, with their cone radii.
 
     Args:
         cam, x, y: [n] int64 camera indices, columns and rows.
     Returns:
-        origins: [n, 3]; dirs: [n, 3] unit directions.
+        Rays on ``cameras.device``: origins [n, 3], unit dirs [n, 3], radii [n].
     """
     n = cam.shape[0]
     assert cam.shape == x.shape == y.shape == (n,), (
         f"cam, x, y must all be [n], got {tuple(cam.shape)}, {tuple(x.shape)}, {tuple(y.shape)}"
     )
     dev = cameras.device
+    cam = cam.to(dev)
     uv = torch.stack([x.to(dev, torch.float32) + 0.5, y.to(dev, torch.float32) + 0.5], dim=-1)
-    return cameras.generate_rays(cam.to(dev), uv)
+    origins, dirs = cameras.generate_rays(cam, uv)
+    return Rays(origins, dirs, _footprint(cameras, cam, uv, dirs))
+
+
+def camera_rays(cameras: Cameras) -> tuple[Rays, int, int]:
+    """(rays through every pixel centre of one camera, row-major, its height, its width)."""
+    assert len(cameras) == 1, f"camera_rays takes one camera, got {len(cameras)}"
+    h, w = int(cameras.height[0]), int(cameras.width[0])
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=cameras.device, dtype=torch.float32) + 0.5,
+        torch.arange(w, device=cameras.device, dtype=torch.float32) + 0.5,
+        indexing="ij",
+    )
+    uv = torch.stack([xs, ys], dim=-1).reshape(-1, 2)
+    origins, dirs = cameras.generate_rays(0, uv)
+    return Rays(origins, dirs, _footprint(cameras, 0, uv, dirs)), h, w

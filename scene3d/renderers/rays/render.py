@@ -1,8 +1,9 @@
 """Rendering rays and images through a radiance field given as a callback.
 
-``render_rays`` chains the steps of the ray path: clip each ray to the scene box
-(:func:`ray_aabb`), march it in uniform steps skipping empty cells (:func:`sample_along_rays`),
-query the field only at valid interval midpoints, scatter the answers into [N, S] tensors (density
+``render_rays`` chains the steps of the ray path: a sampler chooses intervals along each ray
+(:class:`~scene3d.renderers.rays.sampling.OccupancySampler` clips each ray to the scene box and
+marches it in uniform steps skipping empty cells; any :class:`RaySampler` will do), the field is
+queried only at valid interval midpoints, scatter the answers into [N, S] tensors (density
 0 elsewhere) and composite them (:mod:`volrend`). The field is
 
     field(points [M, 3], dirs [M, 3]) -> (sigma [M], rgb [M, C])
@@ -23,15 +24,14 @@ either.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
 from scene3d.cameras import Cameras
-from scene3d.renderers.rays.aabb import ray_aabb
-from scene3d.renderers.rays.occupancy import OccupancyGrid
-from scene3d.renderers.rays.sampling import RaySamples, sample_along_rays
+from scene3d.renderers.rays.pixels import Rays, camera_rays
+from scene3d.renderers.rays.sampling import RaySampler, RaySamples
 from scene3d.renderers.rays.volrend import RenderBackend, volume_render_fn
 
 Field = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -66,29 +66,22 @@ class RayRenderOutput:
 
 def render_rays(
     field: Field | DensityFn,
-    origins: Tensor,  # [N, 3]
-    dirs: Tensor,  # [N, 3] unit directions (depth is then a distance)
-    aabb: Tensor | Sequence[float],  # [6] scene box
+    rays: Rays,
     *,
-    step_size: float,
-    max_samples: int,
-    grid: Optional[OccupancyGrid] = None,
+    sampler: RaySampler,
     background: Optional[Tensor] = None,  # [C] or [N, C]
     stratified: bool = False,
     generator: Optional[torch.Generator] = None,
-    near_min: float = 0.0,
     backend: RenderBackend = "auto",
     color: Optional[ColorFn] = None,
     weight_threshold: float = 0.0,
     shade_topk: int = 0,
 ) -> RayOutput:
-    """Renders N rays through ``field`` inside ``aabb`` (see the module docstring)."""
-    n = origins.shape[0]
-    assert origins.shape == (n, 3) and dirs.shape == (n, 3), (
-        f"origins and dirs must be [N, 3], got {tuple(origins.shape)} and {tuple(dirs.shape)}"
-    )
-    near, far, _ = ray_aabb(origins.detach(), dirs.detach(), aabb, near_min)
-    samples = sample_along_rays(origins, dirs, near, far, step_size, max_samples, grid, stratified, generator)
+    """Renders N rays (unit directions, so depth is a distance) through ``field``, sampled by
+    ``sampler`` (see the module docstring)."""
+    n = len(rays)
+    origins, dirs = rays.origins, rays.dirs
+    samples = sampler.sample(rays, stratified=stratified, generator=generator)
     render = volume_render_fn(backend)
     ray, col = torch.nonzero(samples.valid, as_tuple=True)
     s = samples.valid.shape[1]
@@ -134,24 +127,18 @@ def _shade(color: ColorFn, render, samples: RaySamples, sigmas: Tensor, points: 
 def render_image(
     field: Field,
     cameras: Cameras,  # one camera
-    aabb: Tensor | Sequence[float],
     *,
+    sampler: RaySampler,
     chunk: int = 4096,
     **kw,
 ) -> RayRenderOutput:
     """Renders every pixel of one camera, ``chunk`` rays at a time, under the caller's grad mode.
 
-    ``kw`` are :func:`render_rays`' options (``step_size`` and ``max_samples`` are required).
+    ``kw`` are :func:`render_rays`' other options.
     """
-    assert len(cameras) == 1, f"render_image renders one camera, got {len(cameras)}"
     assert chunk >= 1, f"chunk must be >= 1, got {chunk}"
-    origins, dirs = cameras.generate_rays(0)
-    h, w = origins.shape[:2]
-    origins, dirs = origins.reshape(-1, 3), dirs.reshape(-1, 3)
-    outs = [
-        render_rays(field, origins[i : i + chunk], dirs[i : i + chunk], aabb, **kw)
-        for i in range(0, origins.shape[0], chunk)
-    ]
+    rays, h, w = camera_rays(cameras)
+    outs = [render_rays(field, rays[i : i + chunk], sampler=sampler, **kw) for i in range(0, len(rays), chunk)]
     return RayRenderOutput(
         rgb=torch.cat([o.rgb for o in outs]).reshape(1, h, w, -1),
         alpha=torch.cat([o.alpha for o in outs]).reshape(1, h, w, 1),

@@ -1,4 +1,13 @@
-"""Uniform ray marching between near and far, with empty-space skipping by an occupancy grid.
+"""Ray samplers: where along each ray a field is evaluated.
+
+A sampler is any object with ``sample(rays, *, stratified, generator) -> RaySamples``
+(:class:`RaySampler`); :func:`~scene3d.renderers.rays.render.render_rays` takes one, so a model
+chooses how its rays are sampled without the renderer knowing. :class:`OccupancySampler` is the
+marcher below (clip to a box, uniform steps, skip empty cells of an occupancy grid); proposal
+networks are another sampler behind the same interface. A sampler may leave what its losses need
+(proposal histograms, say) in ``RaySamples.extras``.
+
+Uniform ray marching between near and far, with empty-space skipping by an occupancy grid:
 
 Ray i is cut into intervals of length ``step_size`` starting at ``near_i``:
 
@@ -21,14 +30,17 @@ whatever density it is given.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Optional, Protocol, Sequence
 
 import torch
 from torch import Tensor
 
+from scene3d.renderers.rays.aabb import ray_aabb
+
 if TYPE_CHECKING:
     from scene3d.renderers.rays.occupancy import OccupancyGrid
+    from scene3d.renderers.rays.pixels import Rays
 
 
 @dataclass
@@ -38,6 +50,7 @@ class RaySamples:
     t_starts: Tensor  # [N, S]
     t_ends: Tensor  # [N, S]
     valid: Tensor  # [N, S] bool; valid entries come first in each row
+    extras: dict = field(default_factory=dict)  # what a sampler leaves for the model's losses
 
     @property
     def midpoints(self) -> Tensor:
@@ -101,3 +114,27 @@ def _compact(t_starts: Tensor, t_ends: Tensor, valid: Tensor, far: Tensor) -> Ra
     t_starts = torch.where(valid, t_starts.gather(1, order)[:, :s], fill)
     t_ends = torch.where(valid, t_ends.gather(1, order)[:, :s], fill)
     return RaySamples(t_starts.contiguous(), t_ends.contiguous(), valid.contiguous())
+
+
+class RaySampler(Protocol):
+    """Chooses the intervals along rays that a field is evaluated on."""
+
+    def sample(self, rays: "Rays", *, stratified: bool = False, generator: Optional[torch.Generator] = None) -> RaySamples:
+        """Intervals along each of the N rays (batched [N, S], valid entries first)."""
+        ...
+
+
+@dataclass
+class OccupancySampler:
+    """Uniform marching inside ``aabb`` in steps of ``step_size`` (at most ``max_samples`` per ray),
+    skipping the cells ``grid`` marks empty (every cell counts as occupied without one)."""
+
+    aabb: Tensor | Sequence[float]  # [6] min xyz, max xyz
+    step_size: float
+    max_samples: int
+    grid: Optional["OccupancyGrid"] = None
+    near_min: float = 0.0
+
+    def sample(self, rays: "Rays", *, stratified: bool = False, generator: Optional[torch.Generator] = None) -> RaySamples:
+        near, far, _ = ray_aabb(rays.origins.detach(), rays.dirs.detach(), self.aabb, self.near_min)
+        return sample_along_rays(rays.origins, rays.dirs, near, far, self.step_size, self.max_samples, self.grid, stratified, generator)

@@ -1,0 +1,150 @@
+"""The training split on the training device, and the batches a training step reads.
+
+:class:`TrainingData` uploads the training images once (uint8, one flat buffer, so whole images
+are views and random pixels one gather), keeps the training cameras and masks on the device too,
+and hands representations their batches: whole images (:meth:`TrainingData.image_batch`, each
+epoch a seeded permutation of the training views) or random rays across all training images
+(:meth:`TrainingData.ray_batch`). Nothing here synchronises with the host, so a step on a GPU
+queues its work without waiting.
+
+Randomness is a function of (seed, step): the image order, the random background and the rays a
+step draws, so a resumed run continues exactly like an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from scene3d.cameras import Cameras
+from scene3d.renderers.rays.pixels import Rays, pixel_rays, sample_pixels
+
+
+@dataclass
+class Batch:
+    """One training step's data, on the training device."""
+
+    target: Tensor
+    """[C, H, W, 3] images or [N, 3] ray colours in [0, 1], composited on ``background``."""
+    background: Tensor | None
+    """[3] the colour renders are composited on this step (None: black)."""
+    cameras: Cameras | None = None
+    """Image batches: the C cameras (on the device)."""
+    camera_indices: list[int] = field(default_factory=list)
+    """Image batches: their indices in the dataset."""
+    mask: Tensor | None = None
+    """[C, H, W] bool, pixels to learn from (image batches with masks), or None."""
+    rays: Rays | None = None
+    """Ray batches: origins, unit directions and cone radii of the N rays."""
+    ray_cameras: Tensor | None = None
+    """Ray batches: [N] dataset index of each ray's image."""
+    generator: torch.Generator | None = None
+    """This step's random stream, for the draws the forward pass makes (stratified sampling)."""
+    absgrad: bool = False
+    """Set by the trainer when the densification strategy reads absolute 2D-mean gradients."""
+
+
+def image_for_step(train_indices: list[int], seed: int, step: int) -> int:
+    """Image of step ``step``: each epoch visits every training image once, in a seeded order."""
+    n = len(train_indices)
+    epoch, pos = divmod(step, n)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+    return train_indices[int(perm[pos])]
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator for one step's draws (``stream`` separates independent draws, such as one
+    per rank of a multi-device run)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step + stream * 7_777_777_777)
+
+
+class TrainingData:
+    """A dataset's training views, resident on ``device`` (see the module docstring)."""
+
+    def __init__(self, dataset, device: torch.device, background_mode: str = "auto", seed: int = 0, stream: int = 0, progress: bool = True):
+        from rich.progress import track
+
+        self.ds = dataset
+        self.device = torch.device(device)
+        self.background_mode = background_mode
+        self.seed, self.stream = int(seed), int(stream)
+        self.train_indices = list(dataset.train_indices)
+        self.cameras = dataset.cameras.to(self.device)  # every camera; indexed by dataset index
+        self._camera: dict[int, Cameras] = {}
+        fixed = dataset.background_for(background_mode) if background_mode != "random" else None
+        self.fixed_background = None if fixed is None else torch.tensor(fixed, dtype=torch.float32, device=self.device)
+        images = {}
+        views = track(self.train_indices, description="loading the training images", transient=True, disable=not progress or len(self.train_indices) < 16)
+        for i in views:
+            images[i] = torch.from_numpy(dataset.image_uint8(i).copy())
+        channels = max(img.shape[-1] for img in images.values())
+        self.channels = channels  # 3, or 4 when any image has alpha (opaque ones get alpha 255)
+        n = max(self.train_indices) + 1
+        offsets, widths = torch.zeros(n, dtype=torch.int64), torch.zeros(n, dtype=torch.int64)
+        self._spans: dict[int, tuple[int, int, int]] = {}  # image -> (first pixel, height, width)
+        parts, at = [], 0
+        for i, img in images.items():
+            if img.shape[-1] < channels:
+                img = torch.cat([img, torch.full((*img.shape[:2], channels - img.shape[-1]), 255, dtype=torch.uint8)], -1)
+            h, w = img.shape[:2]
+            self._spans[i] = (at, h, w)
+            offsets[i], widths[i] = at, w
+            parts.append(img.reshape(-1, channels))
+            at += h * w
+        self.pixels = torch.cat(parts).to(self.device)  # [P, channels] uint8
+        self.offsets, self.widths = offsets.to(self.device), widths.to(self.device)
+        self._masks: dict[int, Tensor | None] = {}
+
+    # ------------------------------------------------------------------ pieces
+    def camera(self, i: int) -> Cameras:
+        """Dataset camera ``i`` as a batch of one, on the device (made once)."""
+        if i not in self._camera:
+            self._camera[i] = self.cameras[i]
+        return self._camera[i]
+
+    def image(self, i: int, background: Tensor | None) -> Tensor:
+        """[1, H, W, 3] training image ``i`` in [0, 1]; images with alpha composited on ``background``
+        (the dataset's colour when None)."""
+        off, h, w = self._spans[i]
+        img = self.pixels[off : off + h * w].view(h, w, self.channels).float().div(255.0)
+        return self._composite(img, background)[None]
+
+    def _composite(self, rgba: Tensor, background: Tensor | None) -> Tensor:
+        if self.channels == 3:
+            return rgba
+        a = rgba[..., 3:]
+        b = background if background is not None else torch.tensor(self.ds.background, dtype=torch.float32, device=self.device)
+        return rgba[..., :3] * a + b * (1 - a)
+
+    def mask(self, i: int) -> Tensor | None:
+        """[1, H, W] bool mask of image ``i`` on the device, or None (read once)."""
+        if i not in self._masks:
+            m = self.ds.mask(i)
+            self._masks[i] = None if m is None else m[None].to(self.device)
+        return self._masks[i]
+
+    def background(self, step: int) -> Tensor | None:
+        """[3] this step's background: a seeded random colour in ``random`` mode, else the fixed one."""
+        if self.background_mode == "random":
+            return torch.rand(3, generator=step_generator(self.seed, step, self.stream)).to(self.device)
+        return self.fixed_background
+
+    # ------------------------------------------------------------------ batches
+    def image_batch(self, step: int) -> Batch:
+        """The whole training image of ``step`` (an epoch visits each once, in a seeded order)."""
+        i = image_for_step(self.train_indices, self.seed, step)
+        bg = self.background(step)
+        return Batch(target=self.image(i, bg), background=bg, cameras=self.camera(i), camera_indices=[i], mask=self.mask(i))
+
+    def ray_batch(self, step: int, n: int, generator: torch.Generator) -> Batch:
+        """``n`` rays through random pixels of random training images (drawn from ``generator``)."""
+        cam, x, y = sample_pixels(self.ds.cameras, self.train_indices, n, generator)
+        dev = self.device
+        cam, x, y = cam.to(dev), x.to(dev), y.to(dev)
+        rays = pixel_rays(self.cameras, cam, x, y)
+        bg = self.background(step)
+        idx = self.offsets[cam] + y * self.widths[cam] + x
+        target = self._composite(self.pixels[idx].float().div(255.0), bg)
+        return Batch(target=target, background=bg, rays=rays, ray_cameras=cam, generator=generator)

@@ -1,0 +1,57 @@
+"""Test-split metrics of any representation, and the test renders beside their ground truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scene3d.metrics import psnr, ssim
+
+
+def target_image(ds, i: int, background, device) -> torch.Tensor:
+    """[1, H, W, 3] ground truth of view ``i`` composited on ``background`` ([3] or None: the
+    dataset's own compositing colour)."""
+    if background is None:
+        return ds.image(i).to(device)[None]
+    img = torch.from_numpy(ds.image_uint8(i).copy()).float().div(255.0).to(device)
+    if img.shape[-1] == 4:
+        img = img[..., :3] * img[..., 3:] + background * (1 - img[..., 3:])
+    return img[None]
+
+
+@torch.no_grad()
+def evaluate_model(model, ds, device, background_mode: str = "auto", renders_dir: Path | None = None) -> dict:
+    """PSNR and SSIM over the test split (the train split when there is no test split), with the
+    model's :meth:`stats`; ``renders_dir`` receives each prediction beside its ground truth."""
+    indices = ds.test_indices or ds.train_indices
+    split = "test" if ds.test_indices else "train"
+    colour = ds.background_for(background_mode)
+    bg = None if colour is None else torch.tensor(colour, device=device)
+    psnrs, ssims = [], []
+    for i in indices:
+        gt = target_image(ds, i, bg, device)
+        pred = model.render(ds.cameras[i].to(device), background=bg).rgb.clamp(0, 1)
+        psnrs.append(float(psnr(pred, gt)))
+        ssims.append(float(ssim(pred, gt)))
+        if renders_dir is not None:
+            save_pair(renders_dir, Path(ds.names[i]).stem, pred[0], gt[0])
+    return {
+        "psnr": float(np.mean(psnrs)),
+        "ssim": float(np.mean(ssims)),
+        **model.stats(),
+        "num_images": len(indices),
+        "eval_split": split,
+    }
+
+
+def save_pair(folder: Path, stem: str, pred: torch.Tensor, gt: torch.Tensor) -> None:
+    """Writes ``stem.png``: the prediction (left) beside the ground truth (right)."""
+    from PIL import Image
+
+    from scene3d.atomic import atomic_path
+
+    both = torch.cat([pred, gt], dim=1).clamp(0, 1).mul(255).round().byte().cpu().numpy()
+    with atomic_path(Path(folder) / f"{stem}.png") as tmp:
+        Image.fromarray(both).save(tmp, format="PNG")

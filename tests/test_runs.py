@@ -1,0 +1,188 @@
+"""Run folders (scene3d.runs), the device-resident training data, the engine seam, every built-in
+model evaluated on every available device, and `scene3d bench train-step`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scene3d.errors import DataError
+from scene3d.runs import CHECKPOINT, load_checkpoint, open_run
+from tests.runs import cli
+
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])]
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def test_checkpoints_hold_only_tensors_and_plain_data(short_run):
+    state = torch.load(short_run / CHECKPOINT, map_location="cpu", weights_only=True)  # no allow-list needed
+    assert state["format"] == "scene3d-checkpoint" and state["version"] == 2
+    assert set(state["optimizers"]) == {"means", "quats", "scales", "opacities", "sh0", "shN"}
+    run = open_run(short_run)
+    assert run.step == 40 and run.transform.shape == (4, 4) and np.allclose(run.transform @ run.to_input, np.eye(4))
+
+
+class _Exploit:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(short_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(short_run, run)
+    marker = tmp_path / "pwned"
+    torch.save({"step": 1, "model": _Exploit(marker), "dataset": {}}, run / CHECKPOINT)
+    with pytest.raises(DataError, match="not a readable scene3d checkpoint"):
+        load_checkpoint(run / CHECKPOINT)
+    r = cli("eval", str(run))
+    assert r.returncode == 2 and "latest.pt" in r.stderr and "Traceback" not in r.stderr
+    assert not marker.exists()
+
+
+def test_checkpoints_of_version_1_still_load_and_resume(short_run, tmp_path):
+    """Before the representation interface, checkpoints held numpy arrays (transform, numpy's RNG
+    state) and each model's optimiser state inside its state; such runs still open and resume."""
+    from scene3d.runs import RunSpec, data_config
+    from scene3d.densify import STRATEGIES
+    from scene3d.models.gaussians import GaussianConfig
+    from scene3d.train.config import TrainConfig
+    from scene3d.train.setup import create_trainer
+
+    run = tmp_path / "run"
+    shutil.copytree(short_run, run)
+    new = load_checkpoint(run / CHECKPOINT)
+    old = {
+        "step": new["step"], "elapsed": new["elapsed"], "strategy": new["strategy"], "spec": new["spec"],
+        "model": {**new["model"], "optimizers": new["optimizers"]},
+        "rng": {"torch": new["rng"]["torch"], "numpy": np.random.get_state(), "python": new["rng"]["python"]},
+        "dataset": {"transform": new["dataset"]["transform"].numpy(), "downscale": new["dataset"]["downscale"]},
+    }  # fmt: skip
+    torch.save(old, run / CHECKPOINT)
+    assert open_run(run).load_model().num_gaussians == new["model"]["params"]["means"].shape[0]
+    spec = RunSpec.from_yaml(run / "config.yaml")
+    trainer = create_trainer(Path(spec.scene), run, "3dgs", GaussianConfig(**spec.model_cfg), "adc", STRATEGIES["adc"](), data_config(spec.data_cfg),
+                             TrainConfig(max_steps=44, resume=True, save_every=0))  # fmt: skip
+    assert trainer.step == 40
+    exp_avg = trainer.model.optimizers["means"].state[trainer.model.params["means"]]["exp_avg"]
+    assert torch.equal(exp_avg, new["optimizers"]["means"]["state"][0]["exp_avg"])  # the optimiser state came back
+    trainer.fit()
+    assert load_checkpoint(run / CHECKPOINT)["version"] == 2
+
+
+# ---------------------------------------------------------------------------- training data
+@dataclass
+class _RGBAScene:
+    """The slice of a SceneDataset the training data reads: three RGBA images of two sizes."""
+
+    cameras: object
+    images: list
+    train_indices: list = field(default_factory=lambda: [0, 1, 2])
+    background: tuple = (0.2, 0.4, 0.6)
+    format: str = "blender"
+
+    def image_uint8(self, i):
+        return self.images[i]
+
+    def mask(self, i):
+        return None
+
+    def background_for(self, mode):
+        from scene3d.data.dataset import SceneDataset
+
+        return SceneDataset.background_for(self, mode)
+
+
+def _rgba_scene() -> _RGBAScene:
+    from scene3d.cameras import Cameras
+    from tests.synthetic import ring_cameras
+
+    cams = Cameras.cat([ring_cameras(2, 12, 10), ring_cameras(1, 7, 5, seed=3)])
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, size=(int(cams.height[i]), int(cams.width[i]), 4), dtype=np.uint8) for i in range(3)]
+    return _RGBAScene(cams, images)
+
+
+def _composite(rgba: np.ndarray, bg) -> torch.Tensor:
+    img = torch.from_numpy(rgba.copy()).float() / 255.0
+    return img[..., :3] * img[..., 3:] + torch.tensor(bg, dtype=torch.float32) * (1 - img[..., 3:])
+
+
+def test_training_data_batches_are_the_datasets_pixels():
+    from scene3d.data.training import TrainingData, image_for_step, step_generator
+    from scene3d.renderers.rays import pixel_rays, sample_pixels
+
+    ds = _rgba_scene()
+    data = TrainingData(ds, torch.device("cpu"), "auto", seed=3, progress=False)
+    for step in range(6):  # whole images, in the seeded epoch order, on the scene's background
+        b = data.image_batch(step)
+        i = image_for_step(ds.train_indices, 3, step)
+        assert b.camera_indices == [i] and b.target.shape == (1, *ds.images[i].shape[:2], 3)
+        torch.testing.assert_close(b.target[0], _composite(ds.images[i], ds.background), atol=0, rtol=0)
+        torch.testing.assert_close(b.background, torch.tensor(ds.background))
+    g = step_generator(3, 7)
+    rb = data.ray_batch(7, 300, g)
+    cam, x, y = sample_pixels(ds.cameras, ds.train_indices, 300, step_generator(3, 7))  # the same draws
+    want = torch.stack([_composite(ds.images[c], ds.background)[yy, xx] for c, xx, yy in zip(cam.tolist(), x.tolist(), y.tolist())])
+    torch.testing.assert_close(rb.target, want, atol=0, rtol=0)
+    rays = pixel_rays(ds.cameras, cam, x, y)
+    torch.testing.assert_close(rb.rays.dirs, rays.dirs)
+    torch.testing.assert_close(rb.rays.radii, rays.radii)
+    assert rb.generator is g and torch.equal(rb.ray_cameras, cam)
+    # random backgrounds: a colour per step, the same for a step whatever else was drawn
+    rnd = TrainingData(ds, torch.device("cpu"), "random", seed=3, progress=False)
+    a, b = rnd.image_batch(4), rnd.image_batch(4)
+    assert torch.equal(a.background, b.background) and not torch.equal(a.background, rnd.image_batch(5).background)
+    i = a.camera_indices[0]
+    torch.testing.assert_close(a.target[0], _composite(ds.images[i], a.background.tolist()), atol=1e-6, rtol=0)
+
+
+def test_engine_streams_differ_by_rank_and_rank_0_is_the_single_device_stream():
+    from scene3d.data.training import step_generator
+    from scene3d.train.engine import SingleDevice
+
+    e = SingleDevice("cpu")
+    assert e.is_writer and e.world_size == 1 and e.host_sync_is_free
+    assert torch.equal(torch.rand(4, generator=e.generator(5, 9)), torch.rand(4, generator=step_generator(5, 9)))
+    assert not torch.equal(torch.rand(4, generator=step_generator(5, 9, stream=1)), torch.rand(4, generator=step_generator(5, 9)))
+
+
+# ---------------------------------------------------------------------------- every model, every device
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("which", ["short_run", "slim_run"])
+def test_every_model_evaluates_renders_and_exports_on_every_device(which, device, request, tmp_path, capsys):
+    from scene3d.cli import main
+
+    run = request.getfixturevalue(which)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json", "--device", device]) == 0
+    result = json.loads(capsys.readouterr().out)
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert abs(result["psnr"] - metrics[-1]["psnr"]) < (1e-4 if device == "cpu" else 0.05)  # what training measured
+    assert main(["render", str(run), "--device", device, "-o", str(tmp_path / "test")]) == 0
+    assert len(list((tmp_path / "test").glob("*.png"))) == result["num_images"]
+    out = tmp_path / ("scene.ply" if which == "short_run" else "scene.slimmerf")
+    assert main(["export", str(run), "-o", str(out), "--device", device]) == 0
+    assert out.stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------- bench train-step
+def test_bench_train_step_compares_the_trainer_with_a_bare_loop(short_run, capsys):
+    from scene3d.cli import main
+
+    capsys.readouterr()
+    assert main(["bench", "train-step", str(short_run), "--steps", "4", "--warmup", "1", "--rounds", "1", "--json", "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    n = open_run(short_run).load_model().num_gaussians
+    assert result["backend"] == "cpu" and result["num_gaussians"] == n and result["strategy"] == "none"
+    assert result["trainer_ms"] > 0 and result["bare_ms"] > 0 and result["ratio"] == pytest.approx(result["trainer_ms"] / result["bare_ms"])
+    assert main(["bench", "train-step", str(short_run), "--steps", "0"]) == 2
