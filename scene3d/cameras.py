@@ -129,13 +129,32 @@ class Cameras:
         """A sub-batch; an integer index keeps the batch dimension."""
         if isinstance(idx, int):
             idx = [idx]
-        return Cameras(**{k: v[idx] for k, v in self._fields().items()})
+        out = Cameras(**{k: v[idx] for k, v in self._fields().items()})
+        host = self.__dict__.get("_host")
+        if host is not None and isinstance(idx, (list, slice)):
+            object.__setattr__(out, "_host", host[idx])
+        return out
 
     def _fields(self) -> dict[str, Tensor]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
     def to(self, device: torch.device | str) -> "Cameras":
-        return Cameras(**{k: v.to(device) for k, v in self._fields().items()})
+        """The cameras on ``device``. Cameras moved off the CPU remember the copy they came from,
+        so :meth:`on_host` reads sizes and models without waiting for the device."""
+        out = Cameras(**{k: v.to(device) for k, v in self._fields().items()})
+        if out.device.type != "cpu":
+            host = self if self.device.type == "cpu" else self.__dict__.get("_host")
+            if host is not None:
+                object.__setattr__(out, "_host", host)
+        return out
+
+    def on_host(self) -> "Cameras":
+        """These cameras on the CPU (the copy they were moved from, when there is one: no device
+        synchronisation). For reading sizes and camera models in host code."""
+        if self.device.type == "cpu":
+            return self
+        host = self.__dict__.get("_host")
+        return host if host is not None else self.to("cpu")
 
     @staticmethod
     def cat(batches: Sequence["Cameras"]) -> "Cameras":

@@ -179,3 +179,15 @@ def test_world_similarity_keeps_projections(q, t, s):
     uv_b, zb = cams.transformed(T.float()).project(moved.float())
     assert torch.allclose(uv_a, uv_b, atol=5e-2)
     assert torch.allclose(za * s, zb, rtol=1e-3)
+
+
+def test_cameras_moved_off_the_cpu_remember_their_host_copy():
+    """Sizes and camera models are read on the host without waiting for the device: cameras moved
+    to a device keep the CPU copy they came from, also through indexing (the meta device stands
+    in for a GPU here: its tensors have shapes but no values)."""
+    cams = Cameras.create(torch.eye(4).expand(3, 4, 4), 50.0, 50.0, 20.0, 15.0, [40, 40, 30], 30)
+    moved = cams.to("meta")
+    assert moved.world_to_cam.device.type == "meta" and moved.on_host() is cams
+    one = moved[[2]]
+    assert one.on_host().width.tolist() == [30] and moved.to("meta").on_host() is cams
+    assert cams.on_host() is cams

@@ -7,8 +7,11 @@ two ways, from the same step (so the same SH degree) and over the same images in
   it (its batch, forward, named losses, hooks, optimisers, housekeeping, moving averages, and the
   log line every ``--log-every`` steps), with densification off (``--strategy none``: a
   densification round is work the bare loop does not do);
-* **bare**: the least a 3DGS step is: activations, rasterize forward and backward, the same
-  photometric loss, one Adam step per parameter group, the images already on the device.
+* **bare**: the least a 3DGS step is: activations, rasterize forward and backward (through
+  scene3d's ``rasterize``), the same photometric loss, one Adam step per parameter group, the
+  images already on the device;
+* with the gsplat backend also **bare gsplat**: the same loop calling ``gsplat.rasterization``
+  directly (``bare_gsplat_ms``, ``ratio_to_gsplat``), which prices scene3d's rasterize entry point.
 
 Each is timed over ``--steps`` steps after ``--warmup`` steps, the two alternated ``--rounds``
 times, the device synchronised at both ends of each timing; medians are reported and ``ratio`` is
@@ -88,6 +91,30 @@ def run_bench(run: Path, steps: int = 50, warmup: int = 5, rounds: int = 3, devi
                     opt.zero_grad(set_to_none=True)
                 bare_step[0] += 1
 
+        gsplat_direct = resolve_backend(cfg.backend, dev) == "gsplat"
+        if gsplat_direct:  # the same loop calling gsplat itself: what our rasterize() entry point costs
+            from gsplat import rasterization
+
+            views = {i: (c.world_to_cam.contiguous(), c.Ks.contiguous(), *map(int, (c.on_host().width[0], c.on_host().height[0]))) for i, c in cameras.items()}
+            bg = None if data.fixed_background is None else data.fixed_background[None]
+
+        def gsplat_loop(n: int) -> None:
+            p = bare.params
+            for _ in range(n):
+                step = bare_step[0]
+                i = image_for_step(data.train_indices, seed, step)
+                viewmats, Ks, w, h = views[i]
+                colors = torch.cat([p["sh0"], p["shN"]], 1)
+                rgb, _, _ = rasterization(p["means"], p["quats"], torch.exp(p["scales"]), torch.sigmoid(p["opacities"]), colors, viewmats, Ks, w, h,
+                                          near_plane=cfg.near, far_plane=cfg.far, sh_degree=bare.active_sh_degree(step), packed=False, backgrounds=bg,
+                                          rasterize_mode="antialiased" if cfg.antialiased else "classic")  # fmt: skip
+                loss = photometric_loss(rgb, images[i], lam)
+                loss.backward()
+                for opt in bare.optimizers.values():
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                bare_step[0] += 1
+
         def trainer_loop(n: int) -> None:
             for _ in range(n):
                 trainer.advance()
@@ -100,13 +127,14 @@ def run_bench(run: Path, steps: int = 50, warmup: int = 5, rounds: int = 3, devi
             engine.synchronize()
             return (time.perf_counter() - t0) / steps * 1000
 
-        trainer_ms, bare_ms = [], []
+        loops = {"trainer": trainer_loop, "bare": bare_loop, **({"gsplat": gsplat_loop} if gsplat_direct else {})}
+        times: dict[str, list[float]] = {k: [] for k in loops}
         for r in range(rounds):
-            order = (("trainer", trainer_loop), ("bare", bare_loop)) if r % 2 == 0 else (("bare", bare_loop), ("trainer", trainer_loop))
-            for label, loop in order:
-                (trainer_ms if label == "trainer" else bare_ms).append(timed(loop))
-            console.print(f"round {r + 1}/{rounds}: trainer {trainer_ms[-1]:.2f} ms, bare {bare_ms[-1]:.2f} ms per step")
-    t, b = statistics.median(trainer_ms), statistics.median(bare_ms)
+            for label in list(loops)[:: 1 if r % 2 == 0 else -1]:
+                times[label].append(timed(loops[label]))
+            console.print(f"round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:.2f} ms" for k, v in times.items()) + " per step")
+    t, b = statistics.median(times["trainer"]), statistics.median(times["bare"])
+    trainer_ms, bare_ms = times["trainer"], times["bare"]
     first = data.train_indices[0]
     return {
         "run": str(run),
@@ -125,6 +153,7 @@ def run_bench(run: Path, steps: int = 50, warmup: int = 5, rounds: int = 3, devi
         "ratio": t / b,
         "trainer_ms_rounds": trainer_ms,
         "bare_ms_rounds": bare_ms,
+        **({"bare_gsplat_ms": statistics.median(times["gsplat"]), "ratio_to_gsplat": t / statistics.median(times["gsplat"])} if "gsplat" in times else {}),
     }
 
 

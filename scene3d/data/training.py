@@ -46,12 +46,16 @@ class Batch:
     """Set by the trainer when the densification strategy reads absolute 2D-mean gradients."""
 
 
+def epoch_order(train_indices: list[int], seed: int, epoch: int) -> list[int]:
+    """The training images in the order epoch ``epoch`` visits them (a seeded permutation)."""
+    perm = torch.randperm(len(train_indices), generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+    return [train_indices[j] for j in perm.tolist()]
+
+
 def image_for_step(train_indices: list[int], seed: int, step: int) -> int:
     """Image of step ``step``: each epoch visits every training image once, in a seeded order."""
-    n = len(train_indices)
-    epoch, pos = divmod(step, n)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
-    return train_indices[int(perm[pos])]
+    epoch, pos = divmod(step, len(train_indices))
+    return epoch_order(train_indices, seed, epoch)[pos]
 
 
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
@@ -96,12 +100,13 @@ class TrainingData:
         self.pixels = torch.cat(parts).to(self.device)  # [P, channels] uint8
         self.offsets, self.widths = offsets.to(self.device), widths.to(self.device)
         self._masks: dict[int, Tensor | None] = {}
+        self._order: tuple[int, list[int]] = (-1, [])  # the current epoch's image order
 
     # ------------------------------------------------------------------ pieces
     def camera(self, i: int) -> Cameras:
         """Dataset camera ``i`` as a batch of one, on the device (made once)."""
         if i not in self._camera:
-            self._camera[i] = self.cameras[i]
+            self._camera[i] = self.ds.cameras[i].to(self.device)  # keeps its host copy: sizes read without a sync
         return self._camera[i]
 
     def image(self, i: int, background: Tensor | None) -> Tensor:
@@ -134,7 +139,10 @@ class TrainingData:
     # ------------------------------------------------------------------ batches
     def image_batch(self, step: int) -> Batch:
         """The whole training image of ``step`` (an epoch visits each once, in a seeded order)."""
-        i = image_for_step(self.train_indices, self.seed, step)
+        epoch, pos = divmod(step, len(self.train_indices))
+        if self._order[0] != epoch:
+            self._order = (epoch, epoch_order(self.train_indices, self.seed, epoch))
+        i = self._order[1][pos]
         bg = self.background(step)
         return Batch(target=self.image(i, bg), background=bg, cameras=self.camera(i), camera_indices=[i], mask=self.mask(i))
 

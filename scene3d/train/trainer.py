@@ -146,7 +146,10 @@ class Trainer:
             grid_loss = self.grid.loss(model.params, step)
             if grid_loss is not None:
                 losses["grid"] = grid_loss
-        loss = sum(losses.values())
+        terms = list(losses.values())
+        loss = terms[0]
+        for term in terms[1:]:
+            loss = loss + term
         self._watch(loss, step)
         ctx.loss = loss
         loss.backward()

@@ -95,6 +95,7 @@ def _check_inputs(means, quats, scales, opacities, colors, cameras: Cameras, set
         assert (degree + 1) ** 2 <= k, f"sh_degree {degree} needs {(degree + 1) ** 2} coefficients, colors has {k}"
     if len(cameras) == 0:
         raise ValueError("rasterize needs at least one camera")
+    cameras = cameras.on_host()  # sizes and models, read without waiting for the device
     if bool(cameras.is_distorted.any()):
         raise ValueError(
             "the Gaussian rasterizer handles pinhole cameras only; undistort the images first "
@@ -124,9 +125,10 @@ def rasterize(
     """
     _check_inputs(means, quats, scales, opacities, colors, cameras, settings)
     backend = resolve_backend(settings.backend, means.device)
+    host = cameras.on_host()
     cameras = cameras.to(means.device)
     C = len(cameras)
-    width, height = int(cameras.width[0]), int(cameras.height[0])
+    width, height = int(host.width[0]), int(host.height[0])
     D = colors.shape[-1]
     bg = _background(settings, background, C, D, means.device)
     if backend == "gsplat":
@@ -202,8 +204,9 @@ def accumulate_pixel_error(
     dummy = torch.zeros(means.shape[0], 1, device=means.device)
     _check_inputs(means, quats, scales, opacities, dummy, cameras, settings)
     backend = resolve_backend(settings.backend, means.device)
+    host = cameras.on_host()
     cameras = cameras.to(means.device)
-    C, width, height = len(cameras), int(cameras.width[0]), int(cameras.height[0])
+    C, width, height = len(cameras), int(host.width[0]), int(host.height[0])
     assert error_map.shape == (C, height, width), f"error_map must be [{C}, {height}, {width}], got {tuple(error_map.shape)}"
     if backend == "gsplat":
         from scene3d.renderers.gaussians.gsplat_backend import accumulate_error_gsplat
