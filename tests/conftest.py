@@ -46,7 +46,7 @@ def slim_run(tmp_path_factory) -> Path:
     from tests.synthetic import write_synthetic_scene
 
     root = tmp_path_factory.mktemp("slim")
-    scene = write_synthetic_scene(root / "scene", n_views=10, width=40, height=30)
+    scene = write_synthetic_scene(root / "scene", n_views=10, width=40, height=30, points=False)  # a radiance field needs no points
     out = root / "run"
     args = ["train", str(scene), "-o", str(out), "--model", "slimmerf", "--max-steps", "150", "--model.batch-rays", "256", "--model.lr-grid", "0.05",
             "--model.grid-init", "24", "--model.grid-final", "32", "--model.upsample-steps", "100", "--model.alpha-mask-steps", "120",

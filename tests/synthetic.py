@@ -35,9 +35,9 @@ def known_gaussians(n: int = 400, seed: int = 0) -> dict[str, torch.Tensor]:
     return {"means": means, "quats": quats, "scales": scales, "opacities": opacities, "colors": colors}
 
 
-def write_synthetic_scene(root: Path, n_views: int = 24, width: int = 64, height: int = 48, seed: int = 0) -> Path:
+def write_synthetic_scene(root: Path, n_views: int = 24, width: int = 64, height: int = 48, seed: int = 0, points: bool = True) -> Path:
     """Renders :func:`known_gaussians` into ``n_views`` ring cameras and writes transforms.json,
-    PNG images and a sparse point cloud (the centres, jittered) like nerfstudio's layout."""
+    PNG images and (with ``points``) a sparse point cloud (the centres, jittered) like nerfstudio's layout."""
     from PIL import Image
 
     from scene3d.renderers.gaussians import RasterSettings, rasterize
@@ -53,14 +53,16 @@ def write_synthetic_scene(root: Path, n_views: int = 24, width: int = 64, height
         img = out.rgb[k].clamp(0, 1).mul(255).round().byte().numpy()
         Image.fromarray(img).save(root / "images" / f"{k:03d}.png")
         frames.append({"file_path": f"images/{k:03d}.png", "transform_matrix": c2w_gl[k].tolist()})
-    rng = np.random.default_rng(seed)
-    pts = g["means"].numpy() + rng.normal(scale=0.01, size=(len(g["means"]), 3))
-    cols = (g["colors"].numpy() * 255).astype(np.uint8)
-    header = f"ply\nformat binary_little_endian 1.0\nelement vertex {len(pts)}\nproperty float x\nproperty float y\nproperty float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n"
-    rec = np.zeros(len(pts), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("r", "u1"), ("g", "u1"), ("b", "u1")])
-    rec["x"], rec["y"], rec["z"] = pts.T
-    rec["r"], rec["g"], rec["b"] = cols.T
-    (root / "points.ply").write_bytes(header.encode() + rec.tobytes())
-    meta = {"fl_x": float(cams.fx[0]), "fl_y": float(cams.fy[0]), "cx": width / 2, "cy": height / 2, "w": width, "h": height, "ply_file_path": "points.ply", "frames": frames}
+    meta = {"fl_x": float(cams.fx[0]), "fl_y": float(cams.fy[0]), "cx": width / 2, "cy": height / 2, "w": width, "h": height, "frames": frames}
+    if points:
+        rng = np.random.default_rng(seed)
+        pts = g["means"].numpy() + rng.normal(scale=0.01, size=(len(g["means"]), 3))
+        cols = (g["colors"].numpy() * 255).astype(np.uint8)
+        header = f"ply\nformat binary_little_endian 1.0\nelement vertex {len(pts)}\nproperty float x\nproperty float y\nproperty float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n"
+        rec = np.zeros(len(pts), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("r", "u1"), ("g", "u1"), ("b", "u1")])
+        rec["x"], rec["y"], rec["z"] = pts.T
+        rec["r"], rec["g"], rec["b"] = cols.T
+        (root / "points.ply").write_bytes(header.encode() + rec.tobytes())
+        meta["ply_file_path"] = "points.ply"
     (root / "transforms.json").write_text(json.dumps(meta))
     return root
