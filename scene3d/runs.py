@@ -151,10 +151,6 @@ def prepare_dataset(scene: Path, data_cfg, model_cls):
 
 
 # ---------------------------------------------------------------------------- runs
-def is_run(path: Path) -> bool:
-    return Path(path).is_dir() and (Path(path) / CONFIG).is_file()
-
-
 @dataclass
 class Run:
     """A trained run folder, its config and latest checkpoint read once (see :func:`open_run`)."""

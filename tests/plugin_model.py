@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scene3d.models import register
-from scene3d.models.base import Caps, Control, GaussianSet, Representation
+from scene3d.models.base import Caps, Control, GaussianSet, Representation, focus_of_box
 from scene3d.renderers.gaussians import rgb_to_sh
 from scene3d.renderers.rays import OccupancySampler, render_image, render_rays
 
@@ -125,8 +125,7 @@ class ToyGrid(Representation):
         return [Control("density_scale", "Density scale", "slider", 1.0, 0.1, 2.0, 0.1)]
 
     def focus(self):
-        box = self.box.detach().double().cpu().numpy()
-        return (box[0] + box[1]) / 2, float(np.linalg.norm(box[1] - box[0]) / 2)
+        return focus_of_box(self.box)
 
     def to_gaussians(self, crop=None) -> GaussianSet:
         alpha, centres, colours = self._voxel_alpha()

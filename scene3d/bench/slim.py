@@ -20,7 +20,7 @@ def run_bench(run: Path, ranks: tuple[int, ...] = (1, 2, 4, 8, 12, 16), images: 
 
     from scene3d.device import pick_device
     from scene3d.errors import Scene3dError
-    from scene3d.export.formats import FORMATS
+    from scene3d.export.formats import formats
     from scene3d.runs import open_run
     from scene3d.train.evaluation import evaluate_model
 
@@ -29,7 +29,7 @@ def run_bench(run: Path, ranks: tuple[int, ...] = (1, 2, 4, 8, 12, 16), images: 
     model = run_.load_model(dev)
     if not model.caps.slimmable:
         raise Scene3dError(f"{run}: is a {run_.spec.model} run; bench slim needs a slimmable representation")
-    fmt = next(f for f in FORMATS.values() if f.kind == "model" and f.needs == "slimmable")
+    fmt = next(f for f in formats("model") if f.needs == "slimmable")
     ds = run_.dataset()
     if images > 0 and len(ds.test_indices) > images:  # an even subset of the test views
         keep = np.linspace(0, len(ds.test_indices) - 1, images).round().astype(int)

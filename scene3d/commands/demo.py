@@ -18,10 +18,10 @@ def demo_command(output: Path, *, max_steps: int = 3000, time_budget: float = 42
     from scene3d.atomic import atomic_write
     from scene3d.commands.export import export_command
     from scene3d.export.formats import open_file
+    from scene3d.device import pick_device
     from scene3d.models import DEFAULT_MODEL, get_model
     from scene3d.runs import open_run
     from scene3d.train.cli import build_args_class, run_training
-    from scene3d.device import pick_device
     from scene3d.train.evaluation import evaluate_model
 
     scene = DEFAULT_SCENE
@@ -36,10 +36,10 @@ def demo_command(output: Path, *, max_steps: int = 3000, time_budget: float = 42
     if output.exists() and any(output.iterdir()):
         raise Scene3dError(f"{output} already holds files; choose another folder with -o")
     result = run_training(scene, output, DEFAULT_MODEL, args.model, strategy, args.strategy, args.data, args.train)
-    ply = export_command(output, output / "scene.ply")
+    run = open_run(output)  # read once for both exports and the SOG's score
+    ply = export_command(run, output / "scene.ply")
     # the file to ship: a SOG of the Gaussians that show in the training views, scored on the test views
-    sog = export_command(output, output / "scene.sog", prune_below=1.0, position_bits=13)
-    run = open_run(output)
+    sog = export_command(run, output / "scene.sog", prune_below=1.0, position_bits=13)
     ds = run.dataset()
     dev = pick_device("auto")
     sog_model, _ = open_file(sog, dev, transform=ds.transform)

@@ -59,10 +59,10 @@ def sog_layout_for(run) -> str:
     return "plas" if run is not None and run.spec.train_cfg.get("compress_grid") else "morton"
 
 
-def export_command(target: Path, output: Path, format: str | None = None, *, prune_below: float | None = None, weighted: bool = True,
+def export_command(target, output: Path, format: str | None = None, *, prune_below: float | None = None, weighted: bool = True,
                    device: str = "auto", rank: int | None = None, **options) -> Path:  # fmt: skip
     """Writes a run (in the input data's frame) or converts a scene file, as ``format`` (default:
-    what ``output``'s name says).
+    what ``output``'s name says). ``target`` is a path, or a run already opened (:func:`open_run`).
 
     For a run, ``prune_below`` drops the Gaussians that contribute fewer pixels than that to the
     training views, and ``weighted`` clusters a SOG's higher SH weighted by those contributions
@@ -70,24 +70,24 @@ def export_command(target: Path, output: Path, format: str | None = None, *, pru
     unweighted, with a note). ``rank`` truncates a slimmable run written as a model file."""
     from rich.console import Console
 
-    from scene3d.export.formats import format_of_path, get_format, read_scene
-    from scene3d.runs import is_run, open_run
     from scene3d.device import pick_device
+    from scene3d.export.formats import format_of_path, formats, get_format, read_scene
+    from scene3d.runs import Run, open_run
 
-    target, output = Path(target), Path(output)
+    run = target if isinstance(target, Run) else None
+    target, output = (run.path if run is not None else Path(target)), Path(output)
     fmt = get_format(format) if format is not None else format_of_path(output)
     if fmt.kind == "model":
         return export_model_file(target, output, fmt, rank, device)
     if rank is not None:
-        raise Scene3dError(f"--rank truncates slimmable runs written as model files (--format {' / '.join(f.name for f in _model_formats())}), not {fmt.name} files")
+        raise Scene3dError(f"--rank truncates slimmable runs written as model files (--format {' / '.join(f.name for f in formats('model'))}), not {fmt.name} files")
     if fmt.name == "sog":
         check_sog_options(options)
     if prune_below is not None and not target.is_dir():
         raise Scene3dError(f"{target}: --prune-below needs a run folder (its training views weigh the Gaussians), not a scene file")
     console = Console(stderr=True)
-    run = None
-    if target.is_dir() or not target.exists():
-        run = open_run(target)
+    if run is not None or target.is_dir() or not target.exists():
+        run = run or open_run(target)
         model = run.load_model(pick_device(device))
         gaussians = run_gaussians(run, model)
         weighted = weighted and fmt.name == "sog" and gaussians.sh_degree > 0  # the weights serve the SH palette
@@ -98,17 +98,11 @@ def export_command(target: Path, output: Path, format: str | None = None, *, pru
     else:
         params, to_input = read_scene(target), None
     if options.get("layout") == "auto":
-        options = {**options, "layout": sog_layout_for(run if run is not None and is_run(target) else None)}
+        options = {**options, "layout": sog_layout_for(run)}
     fmt.write(output, params, transform=to_input, **options)
     n = params["means"].shape[0]
     Console().print(f"wrote {n:,} Gaussians to {output} as {fmt.name} ({output.stat().st_size / 1e6:.2f} MB, input coordinate frame)")
     return output
-
-
-def _model_formats():
-    from scene3d.export.formats import FORMATS
-
-    return [f for f in FORMATS.values() if f.kind == "model"]
 
 
 def export_model_file(run_path: Path, output: Path, fmt, rank: int | None, device: str = "cpu") -> Path:

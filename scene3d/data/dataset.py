@@ -116,13 +116,11 @@ class SceneDataset:
         """Image i as stored: uint8 [H, W, 3 or 4], at the loaded resolution."""
         return _load_cached(self.image_paths[i], self._size(i))
 
-    def image(self, i: int) -> torch.Tensor:
-        """Image i as float RGB in [0, 1], [H, W, 3]; RGBA is composited on ``background``."""
+    def image(self, i: int, background=None) -> torch.Tensor:
+        """Image i as float RGB in [0, 1], [H, W, 3]; RGBA is composited on ``background`` (a colour
+        [3]; default: the dataset's ``background``)."""
         arr = torch.from_numpy(self.image_uint8(i).copy()).float() / 255.0
-        if arr.shape[-1] == 4:
-            alpha = arr[..., 3:]
-            arr = arr[..., :3] * alpha + torch.tensor(self.background) * (1 - alpha)
-        return arr
+        return composite(arr, self.background if background is None else background)
 
     def alpha(self, i: int) -> torch.Tensor | None:
         """Image i's alpha channel [H, W] in [0, 1], or None for opaque images."""
@@ -134,6 +132,16 @@ class SceneDataset:
         if not self.mask_paths or self.mask_paths[i] is None:
             return None
         return torch.from_numpy(imio.read_mask(self.mask_paths[i], self._size(i)))
+
+
+def composite(rgba: torch.Tensor, background) -> torch.Tensor:
+    """[..., 3] colours of [..., 3 or 4] float pixels in [0, 1]: those with alpha laid over
+    ``background`` (a colour [3], any device), the others unchanged."""
+    if rgba.shape[-1] != 4:
+        return rgba
+    a = rgba[..., 3:]
+    bg = torch.as_tensor(background, dtype=rgba.dtype, device=rgba.device)
+    return rgba[..., :3] * a + bg * (1 - a)
 
 
 @lru_cache(maxsize=64)

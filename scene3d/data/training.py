@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from scene3d.cameras import Cameras
+from scene3d.data.dataset import composite
 from scene3d.renderers.rays.pixels import Rays, pixel_rays, sample_pixels
 
 
@@ -79,6 +80,7 @@ class TrainingData:
         self._camera: dict[int, Cameras] = {}
         fixed = dataset.background_for(background_mode) if background_mode != "random" else None
         self.fixed_background = None if fixed is None else torch.tensor(fixed, dtype=torch.float32, device=self.device)
+        self._dataset_background = torch.tensor(dataset.background, dtype=torch.float32, device=self.device)  # what RGBA images default to
         images = {}
         views = track(self.train_indices, description="loading the training images", transient=True, disable=not progress or len(self.train_indices) < 16)
         for i in views:
@@ -117,11 +119,7 @@ class TrainingData:
         return self._composite(img, background)[None]
 
     def _composite(self, rgba: Tensor, background: Tensor | None) -> Tensor:
-        if self.channels == 3:
-            return rgba
-        a = rgba[..., 3:]
-        b = background if background is not None else torch.tensor(self.ds.background, dtype=torch.float32, device=self.device)
-        return rgba[..., :3] * a + b * (1 - a)
+        return composite(rgba, self._dataset_background if background is None else background)
 
     def mask(self, i: int) -> Tensor | None:
         """[1, H, W] bool mask of image ``i`` on the device, or None (read once)."""

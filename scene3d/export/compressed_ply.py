@@ -65,7 +65,8 @@ from numpy.lib.recfunctions import structured_to_unstructured
 from torch import Tensor
 
 from scene3d.errors import DataError
-from scene3d.export.fileio import atomic_write, export_arrays, to_tensors
+from scene3d.atomic import atomic_write
+from scene3d.export.fileio import export_arrays, to_tensors
 from scene3d.export.ply import _FORMATS, _MAX_HEADER_BYTES, _Element, _parse_header
 from scene3d.export.sh_rotation import sh_degree_from_rest
 from scene3d.export.transform import transform_gaussians

@@ -1,7 +1,7 @@
-"""Pieces every scene-file writer and reader shares: the model's arrays, checked, and atomic writes.
+"""Pieces every scene-file writer and reader shares: the model's arrays, checked, and whole-file reads.
 
-A model is a dict of tensors in scene3d's convention (see :func:`model_arrays`). Writers write to a
-temporary file beside the target and rename it into place, so a file is either complete or
+A model is a dict of tensors in scene3d's convention (see :func:`model_arrays`). Writers put their
+files in place with :func:`scene3d.atomic.atomic_write`, so a file is either complete or
 untouched; readers raise :class:`~scene3d.errors.DataError` naming the file for every problem.
 """
 
@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from scene3d.atomic import atomic_write  # noqa: F401  (the writers' one way to put a file in place)
 from scene3d.errors import DataError
 from scene3d.export.sh_rotation import sh_degree_from_rest
 

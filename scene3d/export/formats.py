@@ -73,14 +73,14 @@ FORMATS: dict[str, SceneFormat] = {
 }  # fmt: skip
 
 
+def formats(kind: str | None = None) -> list[SceneFormat]:
+    """Every format, or those of one kind: "gaussians" (what the viewer's crop export and bench
+    export offer) or "model"."""
+    return [f for f in FORMATS.values() if kind is None or f.kind == kind]
+
+
 def format_names(kind: str | None = None) -> list[str]:
-    """Every format's name, or those of one kind ("gaussians" or "model")."""
-    return [f.name for f in FORMATS.values() if kind is None or f.kind == kind]
-
-
-def gaussian_formats() -> list[SceneFormat]:
-    """The formats that hold Gaussians (what the viewer's crop export and bench export offer)."""
-    return [f for f in FORMATS.values() if f.kind == "gaussians"]
+    return [f.name for f in formats(kind)]
 
 
 def get_format(name: str) -> SceneFormat:

@@ -29,7 +29,8 @@ import torch
 from torch import Tensor
 
 from scene3d.errors import DataError
-from scene3d.export.fileio import atomic_write, export_arrays
+from scene3d.atomic import atomic_write
+from scene3d.export.fileio import export_arrays
 from scene3d.export.sh_rotation import sh_degree_from_rest
 from scene3d.export.transform import transform_gaussians
 

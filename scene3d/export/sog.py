@@ -70,7 +70,8 @@ from torch import Tensor
 import scene3d
 from scene3d.compress import fit_codebook, kmeans, quantize_to_codebook
 from scene3d.errors import DataError
-from scene3d.export.fileio import atomic_write, export_arrays, read_bytes, to_tensors
+from scene3d.atomic import atomic_write
+from scene3d.export.fileio import export_arrays, read_bytes, to_tensors
 from scene3d.export.sh_rotation import sh_degree_from_rest
 from scene3d.export.transform import transform_gaussians
 

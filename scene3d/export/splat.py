@@ -43,7 +43,8 @@ import numpy as np
 from torch import Tensor
 
 from scene3d.errors import DataError
-from scene3d.export.fileio import atomic_write, export_arrays, read_bytes, to_tensors
+from scene3d.atomic import atomic_write
+from scene3d.export.fileio import export_arrays, read_bytes, to_tensors
 from scene3d.export.transform import transform_gaussians
 
 SH_C0 = 0.28209479177387814

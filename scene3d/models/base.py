@@ -135,10 +135,15 @@ class GaussianSet:
 
     def in_box(self, lo, hi) -> Tensor:
         """[N] bool: Gaussians whose centre lies in the box [lo, hi]."""
-        m = self.means.detach()
-        lo = torch.as_tensor(np.asarray(lo, dtype=np.float32), device=m.device)
-        hi = torch.as_tensor(np.asarray(hi, dtype=np.float32), device=m.device)
-        return ((m >= lo) & (m <= hi)).all(-1)
+        return points_in_box(self.means, lo, hi)
+
+
+def points_in_box(points: Tensor, lo, hi) -> Tensor:
+    """[N] bool: which of ``points`` [N, 3] lie in the box [lo, hi] (array-likes of 3)."""
+    p = points.detach()
+    lo = torch.as_tensor(np.asarray(lo, dtype=np.float32), device=p.device)
+    hi = torch.as_tensor(np.asarray(hi, dtype=np.float32), device=p.device)
+    return ((p >= lo) & (p <= hi)).all(-1)
 
 
 def focus_of_points(points: Tensor) -> tuple[np.ndarray, float] | None:
@@ -149,6 +154,12 @@ def focus_of_points(points: Tensor) -> tuple[np.ndarray, float] | None:
     center = np.median(pts, axis=0)
     radius = float(np.percentile(np.linalg.norm(pts - center, axis=-1), 90)) if len(pts) > 1 else 1.0
     return center, max(radius, 1e-3)
+
+
+def focus_of_box(box: Tensor) -> tuple[np.ndarray, float]:
+    """(centre, half the diagonal) of a box [2, 3] (min corner, max corner)."""
+    b = box.detach().double().cpu().numpy().reshape(2, 3)
+    return (b[0] + b[1]) / 2, float(np.linalg.norm(b[1] - b[0]) / 2)
 
 
 class Representation(nn.Module, ABC):

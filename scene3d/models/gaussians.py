@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from scene3d.cameras import Cameras
 from scene3d.metrics import photometric_loss
-from scene3d.models.base import Caps, Control, GaussianSet, Representation, focus_of_points
+from scene3d.models.base import Caps, Control, GaussianSet, Representation, focus_of_points, points_in_box
 
 
 @dataclass
@@ -251,10 +251,7 @@ class GaussianModel(Representation):
 
     def crop_mask(self, lo, hi) -> Tensor:
         """[N] bool: Gaussians whose centre lies in the box [lo, hi] (model frame)."""
-        m = self.params["means"].detach()
-        lo = torch.as_tensor(np.asarray(lo, dtype=np.float32), device=m.device)
-        hi = torch.as_tensor(np.asarray(hi, dtype=np.float32), device=m.device)
-        return ((m >= lo) & (m <= hi)).all(-1)
+        return points_in_box(self.params["means"], lo, hi)
 
     # ------------------------------------------------------------------ reporting and the viewer
     def stats(self) -> dict:

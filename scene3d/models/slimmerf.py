@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scene3d.cameras import Cameras
-from scene3d.models.base import Caps, Control, Representation
+from scene3d.models.base import Caps, Control, Representation, focus_of_box
 
 @dataclass
 class SlimmeRFConfig:
@@ -514,8 +514,7 @@ class SlimmeRFModel(Representation):
         return {"rank": f"{self.current_rank} / {self.cfg.rank}", "grid": " x ".join(str(g) for g in self.grid_size), "parameters": f"{n:,}", "memory": f"{n * 4 / 1e6:.1f} MB"}
 
     def focus(self):
-        box = self.aabb.detach().double().cpu().numpy()
-        return (box[0] + box[1]) / 2, float(np.linalg.norm(box[1] - box[0]) / 2)
+        return focus_of_box(self.aabb)
 
 
 def _tv(x: Tensor) -> Tensor:

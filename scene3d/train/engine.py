@@ -48,10 +48,6 @@ class SingleDevice:
     def sync_gradients(self, model) -> None:
         """Between backward and the strategy's after-backward hook: nothing to do on one device."""
 
-    def reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
-        """The mean of ``value`` over ranks (itself on one device)."""
-        return value
-
     def synchronize(self) -> None:
         """Waits for the device's queued work (for timing)."""
         if self.device.type == "cuda":

@@ -13,12 +13,7 @@ from scene3d.metrics import psnr, ssim
 def target_image(ds, i: int, background, device) -> torch.Tensor:
     """[1, H, W, 3] ground truth of view ``i`` composited on ``background`` ([3] or None: the
     dataset's own compositing colour)."""
-    if background is None:
-        return ds.image(i).to(device)[None]
-    img = torch.from_numpy(ds.image_uint8(i).copy()).float().div(255.0).to(device)
-    if img.shape[-1] == 4:
-        img = img[..., :3] * img[..., 3:] + background * (1 - img[..., 3:])
-    return img[None]
+    return ds.image(i, None if background is None else background.cpu()).to(device)[None]
 
 
 @torch.no_grad()

@@ -146,9 +146,9 @@ class Trainer:
             grid_loss = self.grid.loss(model.params, step)
             if grid_loss is not None:
                 losses["grid"] = grid_loss
-        terms = list(losses.values())
-        loss = terms[0]
-        for term in terms[1:]:
+        values = list(losses.values())
+        loss = values[0]
+        for term in values[1:]:  # not sum(): that adds a kernel for its 0
             loss = loss + term
         self._watch(loss, step)
         ctx.loss = loss
@@ -161,11 +161,12 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
         if densify:
             strategy.after_step(ctx)
-        model.after_step(step, {k: v.detach() for k, v in losses.items()})
+        terms = {k: v.detach() for k, v in losses.items()}
+        model.after_step(step, terms)
         self.step += 1
         with torch.no_grad():
             train_psnr = psnr(out.rgb.detach(), batch.target)
-        return {"loss": loss.detach(), "psnr": train_psnr, "terms": {k: v.detach() for k, v in losses.items()}}
+        return {"loss": loss.detach(), "psnr": train_psnr, "terms": terms}
 
     def timed_step(self) -> dict[str, torch.Tensor]:
         """One training step, its time added to ``elapsed`` and its loss and PSNR to the device-side

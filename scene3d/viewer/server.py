@@ -29,9 +29,9 @@ log = logging.getLogger(__name__)
 
 def _scene_formats() -> dict[str, str]:
     """Gaussian scene formats the crop export offers, name -> file suffix (from the format registry)."""
-    from scene3d.export.formats import gaussian_formats
+    from scene3d.export.formats import formats
 
-    return {f.name: f.suffix for f in gaussian_formats()}
+    return {f.name: f.suffix for f in formats("gaussians")}
 
 
 @dataclass
@@ -343,9 +343,10 @@ class ViewerServer:
             g["crop_min"] = gui.add_vector3("Box min", tuple(float(x) for x in lo), step=step)
             g["crop_max"] = gui.add_vector3("Box max", tuple(float(x) for x in hi), step=step)
             can_export = t.model.caps.gaussians
-            formats = list(_scene_formats())
-            g["crop_format"] = gui.add_dropdown("Export format", formats, initial_value=formats[0], disabled=not can_export)
-            g["crop_file"] = gui.add_text("Export file", str(t.output_dir / "exports" / f"crop{_scene_formats()[formats[0]]}"), disabled=not can_export)
+            suffixes = _scene_formats()
+            first = next(iter(suffixes))
+            g["crop_format"] = gui.add_dropdown("Export format", tuple(suffixes), initial_value=first, disabled=not can_export)
+            g["crop_file"] = gui.add_text("Export file", str(t.output_dir / "exports" / f"crop{suffixes[first]}"), disabled=not can_export)
             g["crop_export"] = gui.add_button("Export crop", disabled=not can_export)
             for h in (g["crop"], g["crop_min"], g["crop_max"]):
                 h.on_update(lambda _e: self._crop_changed())
