@@ -1,7 +1,7 @@
 """``scene3d bench view RUN``: how fast the viewer renders, and what the live viewer costs training.
 
 1. Server render time per frame at SIZE x SIZE: the viewer's own render path (the representation's
-   ``viewer_render``, the render mode, the depth the browser composites with) from the training
+   ``render`` with the viewer's options, the render mode, the depth the browser composites with) from the training
    cameras' poses, one warm-up frame, then ``frames`` timed frames; plus the JPEG encoding viser
    does before sending. Median, 90th percentile and frames per second.
 2. Training with ``--viewer`` and no browser: the same steps (same seed, so the same work) trained
