@@ -128,7 +128,9 @@ def render(
         rank: slim a slimmerf run to this rank at test time (no retraining).
     """
     from scene3d.commands.render import render_command, render_path_command
+    from scene3d.render import check_video_settings
 
+    check_video_settings(frames, fps, width, height)
     if path.lower().endswith(".json"):
         render_path_command(target, Path(path), output=output, width=width, height=height, mode=mode, device=device, rank=rank)
         return
@@ -440,6 +442,12 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"scene3d: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a read or write the file system refused, outside the atomic writer
+        if debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"scene3d: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("scene3d: interrupted", file=sys.stderr)

@@ -14,6 +14,26 @@ from scene3d.geometry import look_at, rigid_inverse
 
 PathKind = Literal["test", "orbit", "spiral"]
 
+MAX_FRAMES = 100_000
+"""Most frames one video may have (about 55 minutes at 30 fps)."""
+MAX_FPS = 240
+MAX_SIZE = 8192
+"""Largest video width or height, in pixels."""
+
+
+def check_video_settings(frames: int | None = None, fps: float | None = None, width: int | None = None, height: int | None = None) -> None:
+    """Refuses video settings outside what a video can sensibly be (one sentence naming the option),
+    before any frame is rendered or memory allocated for one."""
+    from scene3d.errors import Scene3dError
+
+    if frames is not None and not 1 <= frames <= MAX_FRAMES:
+        raise Scene3dError(f"--frames {frames} is outside 1..{MAX_FRAMES:,}")
+    if fps is not None and not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
+        raise Scene3dError(f"--fps {fps} is outside (0, {MAX_FPS}]")
+    for name, value in (("width", width), ("height", height)):
+        if value is not None and not 2 <= value <= MAX_SIZE:
+            raise Scene3dError(f"--{name} {value} is outside 2..{MAX_SIZE} pixels")
+
 
 def camera_path(ds, kind: PathKind = "orbit", frames: int = 120, width: int | None = None) -> Cameras:
     """Cameras along a smooth path through the (normalised) scene.

@@ -5,8 +5,13 @@ A run folder holds ``config.yaml`` (a :class:`RunSpec`: everything needed to reb
 training lines and evaluation lines), ``renders/test/`` (predictions beside ground truth) and
 ``training_curve.png``; exports and benchmarks add their own files.
 
-Checkpoints hold tensors and plain data only and are read with ``torch.load(weights_only=True)``,
-so opening a run never runs code from it. :func:`open_run` reads a run's config and checkpoint once
+Checkpoints hold tensors and plain data only (``torch.save``'s zip archive: the tensors' bytes and
+a pickle that may name nothing but tensors, numbers, strings, lists and dicts). They are read with
+``torch.load(weights_only=True)``, whose unpickler refuses any other object, so opening a run never
+runs code from it; the archive's declared sizes are checked against the file first, so a small file
+cannot make the reader allocate more than the file holds. A checkpoint that holds anything else (one
+written by another tool, or by code that pickled Python objects) is refused with one sentence, and so
+is one that lacks what its model needs. :func:`open_run` reads a run's config and checkpoint once
 and hands out what commands need from them: the model (on any device), the dataset it was trained
 on (in the same normalised frame) and the frame's transform.
 """
@@ -14,6 +19,7 @@ on (in the same normalised frame) and the frame's transform.
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,8 +75,27 @@ def save_checkpoint(payload: dict, path: Path) -> None:
     """``torch.save`` of tensors and plain data to ``path``, atomically."""
     from scene3d.atomic import atomic_path
 
-    with atomic_path(path) as tmp:
-        torch.save({"format": CHECKPOINT_FORMAT, "version": 2, **payload}, tmp)
+    with atomic_path(path) as tmp, open(tmp, "xb") as f:  # a Python file, so a full disk is an OSError
+        torch.save({"format": CHECKPOINT_FORMAT, "version": 2, **payload}, f)
+
+
+def check_archive(path: Path, what: str) -> None:
+    """Refuses a ``torch.save`` archive whose members declare more bytes than the file can hold.
+
+    torch writes its members uncompressed, so their sizes add up to about the file's; a member that
+    declares more (a compressed one, or a lying directory) would make the reader allocate what the
+    file does not contain."""
+    import zipfile
+
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        raise DataError(path, f"is not a {what} (not the zip archive torch.save writes)") from None
+    declared = sum(m.file_size for m in members)
+    if any(m.compress_type != zipfile.ZIP_STORED for m in members) or declared > size:
+        raise DataError(path, f"is not a {what} (its members declare {declared:,} bytes in a {size:,}-byte file)")
 
 
 def _numpy_globals() -> list:
@@ -91,14 +116,67 @@ def load_checkpoint(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "checkpoint not found")
+    check_archive(path, "scene3d checkpoint")
     try:
         with torch.serialization.safe_globals(_numpy_globals()):
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, foreign, or holding objects other than tensors and plain data
+    except pickle.UnpicklingError as e:
+        name = _refused_global(str(e))
+        raise DataError(
+            path,
+            "holds Python objects besides tensors and plain data"
+            + (f" ({name})" if name else "")
+            + ", which scene3d never unpickles because loading them could run code; it was not written by this"
+            " scene3d (retrain, or re-save it with the scene3d that wrote it)",
+        ) from None
+    except Exception as e:  # truncated or corrupt
         raise DataError(path, f"is not a readable scene3d checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     if not isinstance(state, dict) or not {"step", "model", "dataset"} <= set(state):
         raise DataError(path, "is not a scene3d checkpoint (step, model or dataset missing)")
+    if not isinstance(state["step"], int) or isinstance(state["step"], bool) or state["step"] < 0:
+        raise DataError(path, "is not a scene3d checkpoint (its step is not a non-negative integer)")
+    if not isinstance(state["model"], dict) or not isinstance(state["dataset"], dict):
+        raise DataError(path, "is not a scene3d checkpoint (its model or dataset entry is not a mapping)")
     return state
+
+
+def _refused_global(message: str) -> str | None:
+    """The name torch's weights-only unpickler refused, from its message."""
+    import re
+
+    m = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", message)
+    return m.group(1) if m else None
+
+
+STATE_ERRORS = (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError)
+"""What reading a checkpoint's entries raises when they are missing or of the wrong kind or shape."""
+
+
+def state_problem(e: Exception) -> str:
+    """A few words on what was wrong with a checkpoint's entries, from the error reading them."""
+    if isinstance(e, KeyError):
+        return f"{e} is missing"
+    first = str(e).splitlines()[0][:200] if str(e) else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def model_from_state(cls, state, cfg, path: Path, name: str):
+    """``cls.from_state(state, cfg)``; a state that lacks what the model needs is one sentence."""
+    try:
+        return cls.from_state(state, cfg)
+    except STATE_ERRORS as e:
+        raise DataError(path, f"does not hold a {name} model ({state_problem(e)})") from None
+
+
+def checkpoint_transform(state: dict, path: Path) -> np.ndarray:
+    """The checkpoint's [4, 4] input -> normalised transform, checked: finite and invertible."""
+    try:
+        t = np.asarray(torch.as_tensor(state["dataset"]["transform"]).double().numpy(), dtype=np.float64)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError):
+        raise DataError(path, "is not a scene3d checkpoint (its dataset transform is missing or not a matrix)") from None
+    if t.shape != (4, 4) or not np.isfinite(t).all() or abs(np.linalg.det(t[:3, :3])) < 1e-12:
+        raise DataError(path, "is not a scene3d checkpoint (its dataset transform is not a finite invertible 4x4 matrix)")
+    return t
 
 
 def rng_state() -> dict:
@@ -166,7 +244,7 @@ class Run:
     @property
     def transform(self) -> np.ndarray:
         """[4, 4] float64: the input frame -> the normalised frame the model lives in."""
-        return np.asarray(torch.as_tensor(self.checkpoint["dataset"]["transform"]).double().numpy(), dtype=np.float64)
+        return checkpoint_transform(self.checkpoint, self.path / CHECKPOINT)
 
     @property
     def to_input(self) -> np.ndarray:
@@ -193,11 +271,7 @@ class Run:
 
     def load_model(self, device="cpu"):
         """The trained model, on ``device``."""
-        cfg = self.model_config()
-        try:
-            model = self.model_class.from_state(self.checkpoint["model"], cfg)
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
-            raise DataError(self.path / CHECKPOINT, f"does not hold a {self.spec.model} model ({type(e).__name__}: {e})") from None
+        model = model_from_state(self.model_class, self.checkpoint["model"], self.model_config(), self.path / CHECKPOINT, self.spec.model)
         return model.to(torch.device(device))
 
     def dataset(self, overrides: dict | None = None):
@@ -222,7 +296,9 @@ def open_run(path: Path) -> Run:
     latest = path / CHECKPOINT
     if not latest.is_file():
         raise DataError(path, "has no checkpoint yet (checkpoints/latest.pt); train it first")
-    return Run(path, spec, load_checkpoint(latest))
+    state = load_checkpoint(latest)
+    checkpoint_transform(state, latest)  # every command reads it; refused here, once, if unusable
+    return Run(path, spec, state)
 
 
 def to_device(state, device):

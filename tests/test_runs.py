@@ -42,11 +42,169 @@ def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(short_ru
     shutil.copytree(short_run, run)
     marker = tmp_path / "pwned"
     torch.save({"step": 1, "model": _Exploit(marker), "dataset": {}}, run / CHECKPOINT)
-    with pytest.raises(DataError, match="not a readable scene3d checkpoint"):
+    with pytest.raises(DataError, match=r"holds Python objects besides tensors and plain data \((posix|os)\.system\), which scene3d never unpickles"):
         load_checkpoint(run / CHECKPOINT)
-    r = cli("eval", str(run))
-    assert r.returncode == 2 and "latest.pt" in r.stderr and "Traceback" not in r.stderr
+    for command in ("eval", "export", "view"):
+        r = cli(command, str(run), *(["-o", str(tmp_path / "x.ply")] if command == "export" else []))
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert [ln for ln in r.stderr.splitlines() if ln.startswith("scene3d: error:")] == [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert "latest.pt" in r.stderr and "never unpickles" in r.stderr
     assert not marker.exists()
+    assert not (tmp_path / "x.ply").exists()
+
+
+def test_an_archive_declaring_more_than_the_file_holds_is_refused_before_reading(tmp_path):
+    """A 100 MB member deflated into a small file: refused from the zip directory, nothing inflated."""
+    import tracemalloc
+    import zipfile
+
+    path = tmp_path / "latest.pt"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data.pkl", b"\0" * (100 << 20))
+    assert path.stat().st_size < 200_000
+    tracemalloc.start()
+    with pytest.raises(DataError, match=r"latest.pt: is not a scene3d checkpoint \(its members declare 104,857,600 bytes in a"):
+        load_checkpoint(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2 << 20
+    path.write_bytes(b"\x80\x02}q\x00." + b"\0" * 100)  # a legacy (non-zip) pickle
+    with pytest.raises(DataError, match="not the zip archive torch.save writes"):
+        load_checkpoint(path)
+
+
+def _edited_run(short_run: Path, tmp_path: Path, edit) -> Path:
+    """A copy of short_run whose checkpoint went through ``edit(state)``."""
+    run = tmp_path / "run"
+    shutil.copytree(short_run, run)
+    state = load_checkpoint(run / CHECKPOINT)
+    edit(state)
+    torch.save(state, run / CHECKPOINT)
+    return run
+
+
+def _one_error(capsys) -> str:
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("scene3d: error:"), err
+    return err[0]
+
+
+@pytest.mark.parametrize(
+    "edit, command, message",
+    [
+        (lambda s: s["model"]["params"].pop("means"), "eval", "does not hold a 3dgs model ('means' is missing)"),
+        (lambda s: s["model"]["params"].update(means=torch.zeros(3)), "export", "does not hold a 3dgs model ("),
+        (lambda s: s["dataset"].pop("transform"), "export", "dataset transform is missing"),
+        (lambda s: s["dataset"].update(transform=torch.full((4, 4), float("nan"))), "eval", "not a finite invertible 4x4 matrix"),
+        (lambda s: s.update(step="forty"), "eval", "its step is not a non-negative integer"),
+        (lambda s: s.pop("strategy"), "resume", "cannot be resumed from ('strategy' is missing)"),
+        (lambda s: s["rng"].pop("torch"), "resume", "cannot be resumed from ('torch' is missing)"),
+    ],
+)
+def test_a_checkpoint_with_missing_or_wrong_entries_is_one_sentence(short_run, tmp_path, capsys, edit, command, message):
+    from scene3d.cli import main
+
+    run = _edited_run(short_run, tmp_path, edit)
+    args = {
+        "eval": ["eval", str(run)],
+        "export": ["export", str(run), "-o", str(tmp_path / "out.ply")],
+        "resume": ["train", str(tests_default_scene()), "-o", str(run), "--resume", "--max-steps", "42", "--downscale", "4"],
+    }[command]
+    capsys.readouterr()
+    assert main(args) == 2
+    line = _one_error(capsys)
+    assert "latest.pt" in line and message in line, line
+    assert not (tmp_path / "out.ply").exists()
+
+
+def tests_default_scene() -> Path:
+    from tests.runs import DEFAULT_SCENE
+
+    return DEFAULT_SCENE
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_resume_takes_the_runs_model_refuses_another_and_clears_a_killed_writers_files(slim_run, tmp_path, capsys):
+    from scene3d.cli import main
+    from scene3d.runs import RunSpec
+
+    run = tmp_path / "run"
+    shutil.copytree(slim_run, run)
+    scene = RunSpec.from_yaml(run / "config.yaml").scene
+    capsys.readouterr()
+    assert main(["train", scene, "-o", str(run), "--resume", "--model", "3dgs", "--max-steps", "152"]) == 2
+    assert "was trained with --model slimmerf; resume it with --model slimmerf (or without --model)" in _one_error(capsys)
+    stale = run / "checkpoints" / f".latest.pt.{_dead_pid()}.0badcafe.tmp.pt"
+    live = run / "checkpoints" / f".latest.pt.{os.getpid()}.0badcafe.tmp.pt"
+    stale.write_bytes(b"half a checkpoint")
+    live.write_bytes(b"being written")
+    assert main(["train", scene, "-o", str(run), "--resume", "--max-steps", "152"]) == 0  # no --model: the run's own
+    assert load_checkpoint(run / CHECKPOINT)["step"] == 152
+    assert not stale.exists() and live.exists()
+
+
+def _limited_file_size(limit: int):
+    def apply():
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_failed_write_is_one_sentence_and_keeps_what_was_there(short_run, tmp_path):
+    import subprocess
+    import sys
+
+    folder = tmp_path / "a_folder.ply"
+    folder.mkdir()
+    (tmp_path / "a_file").write_text("not a folder")
+    for target, reason in ((folder, "is a directory"), (tmp_path / "a_file" / "scene.ply", "a_file is not a directory")):
+        r = cli("export", str(short_run), "-o", str(target))
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip() == f"scene3d: error: {target}: could not be written ({reason})"
+    out = tmp_path / "scene.ply"
+    out.write_text("the previous export")
+    r = subprocess.run([sys.executable, "-m", "scene3d", "export", str(short_run), "-o", str(out)], capture_output=True, text=True,
+                       timeout=300, preexec_fn=_limited_file_size(20_000))  # fmt: skip
+    assert r.returncode == 2 and r.stderr.strip() == f"scene3d: error: {out}: could not be written (file too large)", r.stderr
+    assert out.read_text() == "the previous export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "a_folder.ply", "scene.ply"]  # no temporary left
+
+
+def test_an_os_error_outside_the_atomic_writer_is_one_sentence(monkeypatch, capsys):
+    import errno
+
+    from scene3d import cli as cli_module
+
+    def refuse() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/metrics.jsonl")
+
+    monkeypatch.setitem(cli_module.COMMANDS, "info", refuse)
+    capsys.readouterr()
+    assert cli_module.main(["info"]) == 2
+    assert _one_error(capsys) == "scene3d: error: /runs/x/metrics.jsonl: No space left on device"
+
+
+@pytest.mark.parametrize("option, value, message", [("--frames", "1000000000", "--frames 1000000000 is outside 1..100,000"),
+                                                    ("--fps", "0", "--fps 0 is outside"), ("--width", "100000", "--width 100000 is outside 2..8192")])  # fmt: skip
+def test_video_settings_are_bounded_before_rendering(short_run, tmp_path, capsys, option, value, message):
+    from scene3d.cli import main
+
+    capsys.readouterr()
+    assert main(["render", str(short_run), "--path", "orbit", option, value, "-o", str(tmp_path / "o.mp4")]) == 2
+    assert message in _one_error(capsys)
+    assert not (tmp_path / "o.mp4").exists()
 
 
 def test_checkpoints_of_version_1_still_load_and_resume(short_run, tmp_path):

@@ -97,12 +97,19 @@ class GaussianSet:
     antialiased: bool = False
 
     def __post_init__(self) -> None:
-        n = self.means.shape[0]
+        for key in GAUSSIAN_KEYS:
+            value = getattr(self, key)
+            if not isinstance(value, Tensor) or not value.is_floating_point():
+                raise ValueError(f"{key} must be a floating-point tensor, got {type(value).__name__}")
+        n = self.means.shape[0] if self.means.ndim else 0
         expected = {"means": (n, 3), "quats": (n, 4), "scales": (n, 3), "opacities": (n,), "sh0": (n, 1, 3)}
         for key, shape in expected.items():
             got = tuple(getattr(self, key).shape)
-            assert got == shape, f"{key} must be {list(shape)} for {n} Gaussians, got {list(got)}"
-        assert self.shN.ndim == 3 and self.shN.shape[0] == n and self.shN.shape[2] == 3, f"shN must be [{n}, K-1, 3], got {list(self.shN.shape)}"
+            if got != shape:
+                raise ValueError(f"{key} must be {list(shape)} for {n} Gaussians, got {list(got)}")
+        k = self.shN.shape[1] + 1 if self.shN.ndim == 3 else 0
+        if self.shN.ndim != 3 or self.shN.shape[0] != n or self.shN.shape[2] != 3 or math.isqrt(k) ** 2 != k:
+            raise ValueError(f"shN must be [{n}, (degree + 1)^2 - 1, 3], got {list(self.shN.shape)}")
 
     @classmethod
     def from_params(cls, params: dict[str, Tensor], antialiased: bool = False) -> "GaussianSet":

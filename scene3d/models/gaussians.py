@@ -156,7 +156,11 @@ class GaussianModel(Representation):
 
     @classmethod
     def from_state(cls, state: dict, cfg: GaussianConfig) -> "GaussianModel":
-        return cls({k: v.cpu() for k, v in state["params"].items()}, cfg, state["scene_scale"])
+        params = GaussianSet.from_params(state["params"]).params()  # names, kinds and shapes checked
+        scene_scale = float(state["scene_scale"])
+        if not math.isfinite(scene_scale) or scene_scale <= 0:
+            raise ValueError(f"scene_scale {scene_scale} is not a positive number")
+        return cls({k: v.cpu() for k, v in params.items()}, cfg, scene_scale)
 
     def state(self) -> dict:
         return {"params": {k: v.detach().clone() for k, v in self.params.items()}, "scene_scale": self.scene_scale}

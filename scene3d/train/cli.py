@@ -33,6 +33,32 @@ def _pop_option(args: list[str], flag: str, default: str) -> str:
     return default
 
 
+def _peek_option(args: list[str], flags: tuple[str, ...]) -> str | None:
+    """The value of the first of ``flags`` in args (``flag VALUE`` or ``flag=VALUE``), left in place."""
+    for i, a in enumerate(args):
+        for flag in flags:
+            if a == flag and i + 1 < len(args):
+                return args[i + 1]
+            if a.startswith(flag + "="):
+                return a.split("=", 1)[1]
+    return None
+
+
+def _resumed_choices(args: list[str]) -> dict[str, str]:
+    """With ``--resume``, the model and strategy the run folder was trained with: resuming needs no
+    ``--model``/``--strategy``, and the options offered are that run's."""
+    output = _peek_option(args, ("--output", "-o"))
+    if "--resume" not in args or output is None:
+        return {}
+    from scene3d.runs import CONFIG, RunSpec
+
+    config = Path(output) / CONFIG
+    if not config.is_file():
+        return {}
+    spec = RunSpec.from_yaml(config)
+    return {"--model": spec.model, "--strategy": spec.strategy}
+
+
 def build_args_class(model_name: str, strategy_name: str, preset: str):
     """The tyro dataclass of ``scene3d train`` for one model, strategy and preset (whose overrides
     become the defaults)."""
@@ -80,8 +106,9 @@ def describe() -> str:
 
 def train_main(argv: list[str]) -> dict:
     args = list(argv)
-    model_name = _pop_option(args, "--model", DEFAULT_MODEL)
-    strategy_name = _pop_option(args, "--strategy", get_model(model_name).default_strategy)
+    resumed = _resumed_choices(args)
+    model_name = _pop_option(args, "--model", resumed.get("--model", DEFAULT_MODEL))
+    strategy_name = _pop_option(args, "--strategy", resumed.get("--strategy") or get_model(model_name).default_strategy)
     preset = _pop_option(args, "--preset", "default")
     cls = build_args_class(model_name, strategy_name, preset)
     parsed = tyro.cli(cls, args=args, prog="scene3d train", description=describe())

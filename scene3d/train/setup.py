@@ -6,10 +6,11 @@ from pathlib import Path
 
 import torch
 
+from scene3d.atomic import remove_stale_temporaries
 from scene3d.errors import DataError, Scene3dError
 from scene3d.models import get_model
 from scene3d.models.base import config_fields, config_from_fields
-from scene3d.runs import CHECKPOINT, CONFIG, RunSpec, data_config, load_checkpoint, prepare_dataset
+from scene3d.runs import CHECKPOINT, CONFIG, STATE_ERRORS, RunSpec, data_config, load_checkpoint, model_from_state, prepare_dataset, state_problem
 from scene3d.train.config import TrainConfig
 from scene3d.train.engine import SingleDevice
 from scene3d.train.trainer import Trainer
@@ -43,7 +44,11 @@ def create_trainer(scene: Path, output: Path, model_name: str, model_cfg, strate
         if not latest.is_file():
             raise DataError(output, "has no checkpoint to resume from (checkpoints/latest.pt)")
         spec = RunSpec.from_yaml(output / CONFIG)
+        for what, given, saved in (("model", model_name, spec.model), ("strategy", strategy_name, spec.strategy)):
+            if given != saved:
+                raise DataError(output, f"was trained with --{what} {saved}; resume it with --{what} {saved} (or without --{what})")
         spec.train_cfg = config_fields(train_cfg)
+        remove_stale_temporaries(latest.parent)
         state = load_checkpoint(latest)
     else:
         if output.exists() and any(output.iterdir()):
@@ -52,7 +57,11 @@ def create_trainer(scene: Path, output: Path, model_name: str, model_cfg, strate
     torch.manual_seed(train_cfg.seed)
     ds = prepare_dataset(Path(spec.scene), data_config(spec.data_cfg), cls)
     if state is not None:
-        model = cls.from_state(state["model"], config_from_fields(cls.Config, spec.model_cfg))
+        try:
+            model_cfg = config_from_fields(cls.Config, spec.model_cfg)
+        except TypeError as e:
+            raise DataError(output / CONFIG, f"does not configure a {spec.model} model ({e})") from None
+        model = model_from_state(cls, state["model"], model_cfg, latest, spec.model)
         strategy = strategy_classes()[spec.strategy](**spec.strategy_cfg)
     else:
         model = cls.from_dataset(ds, model_cfg, seed=train_cfg.seed)
@@ -64,5 +73,8 @@ def create_trainer(scene: Path, output: Path, model_name: str, model_cfg, strate
         spec.to_yaml(output / CONFIG)
     trainer = Trainer(spec, output, ds, model, strategy, train_cfg, engine)
     if state is not None:
-        trainer.restore(state)
+        try:
+            trainer.restore(state)
+        except STATE_ERRORS as e:
+            raise DataError(latest, f"cannot be resumed from ({state_problem(e)})") from None
     return trainer
