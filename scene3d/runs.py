@@ -148,7 +148,7 @@ def _refused_global(message: str) -> str | None:
     return m.group(1) if m else None
 
 
-STATE_ERRORS = (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError)
+STATE_ERRORS = (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError, AssertionError)
 """What reading a checkpoint's entries raises when they are missing or of the wrong kind or shape."""
 
 
@@ -172,7 +172,7 @@ def checkpoint_transform(state: dict, path: Path) -> np.ndarray:
     """The checkpoint's [4, 4] input -> normalised transform, checked: finite and invertible."""
     try:
         t = np.asarray(torch.as_tensor(state["dataset"]["transform"]).double().numpy(), dtype=np.float64)
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError):
+    except STATE_ERRORS:
         raise DataError(path, "is not a scene3d checkpoint (its dataset transform is missing or not a matrix)") from None
     if t.shape != (4, 4) or not np.isfinite(t).all() or abs(np.linalg.det(t[:3, :3])) < 1e-12:
         raise DataError(path, "is not a scene3d checkpoint (its dataset transform is not a finite invertible 4x4 matrix)")

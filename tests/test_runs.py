@@ -117,6 +117,24 @@ def test_a_checkpoint_with_missing_or_wrong_entries_is_one_sentence(short_run, t
     assert not (tmp_path / "out.ply").exists()
 
 
+def test_a_checkpoint_declaring_a_huge_grid_is_refused_before_allocating_it(slim_run, tmp_path, capsys):
+    """A rank-16 grid of 100k^3 would be terabytes: its size is checked against the tensors held."""
+    import resource
+
+    from scene3d.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(slim_run, run)
+    state = load_checkpoint(run / CHECKPOINT)
+    state["model"]["grid_size"] = [100_000] * 3
+    torch.save(state, run / CHECKPOINT)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 2
+    assert "does not hold a slimmerf model (ValueError: density_planes.0 is" in _one_error(capsys)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: no grid was made
+
+
 def tests_default_scene() -> Path:
     from tests.runs import DEFAULT_SCENE
 

@@ -150,6 +150,30 @@ def positional_encoding(x: Tensor, freqs: int) -> Tensor:
     return torch.cat([torch.sin(y), torch.cos(y)], dim=-1)
 
 
+def _check_state_shapes(cfg: SlimmeRFConfig, state: dict) -> None:
+    """Refuses (ValueError) a state whose declared grid size, rank or MLP widths do not match the
+    tensors it holds: the model is built from those numbers before the tensors are loaded, so a
+    state declaring a huge grid must not get that far. What the tensors hold, the file held."""
+    gs = [int(g) for g in state["grid_size"]]
+    R, params = cfg.rank, state["params"]
+    if len(gs) != 3 or min(gs) < 1 or not 1 <= int(state["rank"]) <= R:
+        raise ValueError(f"grid size {gs} or rank {state['rank']} is not a rank <= {R} grid")
+    n_in = cfg.app_dim + 3 + 2 * cfg.fea_pe * cfg.app_dim + 2 * cfg.view_pe * 3
+    expected = {"basis.weight": (cfg.app_dim, 9 * R), "mlp.0.weight": (cfg.hidden, n_in), "mlp.2.weight": (cfg.hidden, cfg.hidden), "mlp.4.weight": (3, cfg.hidden)}
+    for i, (a, b) in enumerate(MAT_MODES):
+        expected[f"density_planes.{i}"] = (1, R, gs[b], gs[a])
+        expected[f"app_planes.{i}"] = (1, 3 * R, gs[b], gs[a])
+    for i, v in enumerate(VEC_MODES):
+        expected[f"density_lines.{i}"] = (1, R, gs[v], 1)
+        expected[f"app_lines.{i}"] = (1, 3 * R, gs[v], 1)
+    for name, shape in expected.items():
+        if tuple(params[name].shape) != shape:
+            raise ValueError(f"{name} is {list(params[name].shape)}, not the {list(shape)} its grid size, rank and widths declare")
+    occ = state.get("occupancy")
+    if occ is not None and occ["state"]["density"].numel() != int(occ["resolution"]) ** 3:
+        raise ValueError(f"the occupancy grid's density does not hold {int(occ['resolution'])}^3 cells")
+
+
 class SlimmeRFModel(Representation):
     """A TensoRF-VM field with a current rank, trained by rays."""
 
@@ -203,6 +227,7 @@ class SlimmeRFModel(Representation):
     def from_state(cls, state: dict, cfg: SlimmeRFConfig) -> "SlimmeRFModel":
         if int(state.get("full_rank", cfg.rank)) != cfg.rank:  # a slimmed file: its own width
             cfg = SlimmeRFConfig(**{**asdict(cfg), "rank": int(state["full_rank"])})
+        _check_state_shapes(cfg, state)  # before allocating what the numbers declare
         model = cls(cfg, state["aabb"].cpu(), state["grid_size"], rank=int(state["rank"]))
         model.density_scale = float(state.get("density_scale", model.density_scale))
         model.load_state_dict({k: v.cpu() for k, v in state["params"].items()})
