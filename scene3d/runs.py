@@ -32,6 +32,7 @@ CONFIG = "config.yaml"
 CHECKPOINT = Path("checkpoints") / "latest.pt"
 METRICS = "metrics.jsonl"
 CHECKPOINT_FORMAT = "scene3d-checkpoint"
+MAX_CONFIG_BYTES = 1 << 20
 
 
 @dataclass
@@ -59,14 +60,20 @@ class RunSpec:
 
         if not path.is_file():
             raise DataError(path.parent, "is not a scene3d run folder (config.yaml not found)")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise DataError(path, f"is not a run configuration (over {MAX_CONFIG_BYTES >> 20} MiB)")
         try:
             data = yaml.safe_load(path.read_text())
             spec = RunSpec(**data)
         except Exception as e:
-            raise DataError(path, f"is not a valid run configuration ({type(e).__name__}: {e})") from None
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            raise DataError(path, f"is not a valid run configuration ({type(e).__name__}: {first})") from None
         for name in ("model_cfg", "strategy_cfg", "data_cfg", "train_cfg"):
             if not isinstance(getattr(spec, name), dict):
                 raise DataError(path, f"is not a valid run configuration ({name} is not a mapping)")
+        for name in ("scene", "model", "strategy"):
+            if not isinstance(getattr(spec, name), str):
+                raise DataError(path, f"is not a valid run configuration ({name} is not a string)")
         return spec
 
 
@@ -205,14 +212,18 @@ def set_rng_state(state: dict) -> None:
 
 
 # ---------------------------------------------------------------------------- datasets
-def data_config(values: dict, overrides: dict | None = None):
-    """A DataConfig from a run's saved ``data_cfg`` (and overrides)."""
+def data_config(values: dict, overrides: dict | None = None, source: Path | None = None):
+    """A DataConfig from a run's saved ``data_cfg`` (and overrides); ``source`` (the config file)
+    is named if the values are not a data configuration."""
     from scene3d.data.config import DataConfig
 
     merged = {**values, **(overrides or {})}
-    if "background" in merged:
-        merged["background"] = tuple(merged["background"])
-    return DataConfig(**merged)
+    try:
+        if "background" in merged:
+            merged["background"] = tuple(merged["background"])
+        return DataConfig(**merged)
+    except TypeError as e:
+        raise DataError(source or Path(CONFIG), f"is not a valid run configuration (data_cfg: {e})") from None
 
 
 def prepare_dataset(scene: Path, data_cfg, model_cls):
@@ -276,7 +287,7 @@ class Run:
 
     def dataset(self, overrides: dict | None = None):
         """The dataset the run was trained on, loaded as it was (its --downscale, split, frame)."""
-        return prepare_dataset(Path(self.spec.scene), data_config(self.spec.data_cfg, overrides), self.model_class)
+        return prepare_dataset(Path(self.spec.scene), data_config(self.spec.data_cfg, overrides, self.path / CONFIG), self.model_class)
 
 
 def open_run(path: Path) -> Run:

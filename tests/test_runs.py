@@ -135,6 +135,27 @@ def test_a_checkpoint_declaring_a_huge_grid_is_refused_before_allocating_it(slim
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: no grid was made
 
 
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ("scene: [unclosed", "is not a valid run configuration (ParserError: "),
+        ("x" * (1 << 20) + "y", "is not a run configuration (over 1 MiB)"),
+        ("scene: s\nmodel: 3dgs\nmodel_cfg: {}\nstrategy: adc\nstrategy_cfg: {}\ndata_cfg: {bogus: 1}\ntrain_cfg: {}", "data_cfg: DataConfig.__init__() got an unexpected keyword argument 'bogus'"),
+        ("scene: 5\nmodel: 3dgs\nmodel_cfg: {}\nstrategy: adc\nstrategy_cfg: {}\ndata_cfg: {}\ntrain_cfg: {}", "(scene is not a string)"),
+    ],
+)
+def test_a_malformed_run_configuration_is_one_sentence(short_run, tmp_path, capsys, config, message):
+    from scene3d.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(short_run, run)
+    (run / "config.yaml").write_text(config)
+    capsys.readouterr()
+    assert main(["render", str(run), "-o", str(tmp_path / "r")]) == 2
+    line = _one_error(capsys)
+    assert "config.yaml" in line and message in line, line
+
+
 def tests_default_scene() -> Path:
     from tests.runs import DEFAULT_SCENE
 
@@ -362,3 +383,17 @@ def test_bench_train_step_compares_the_trainer_with_a_bare_loop(short_run, capsy
     assert result["backend"] == "cpu" and result["num_gaussians"] == n and result["strategy"] == "none"
     assert result["trainer_ms"] > 0 and result["bare_ms"] > 0 and result["ratio"] == pytest.approx(result["trainer_ms"] / result["bare_ms"])
     assert main(["bench", "train-step", str(short_run), "--steps", "0"]) == 2
+
+
+def test_the_training_curve_skips_lines_it_cannot_read(tmp_path):
+    from scene3d.train.plots import _records, plot_training_curve
+
+    metrics = tmp_path / "metrics.jsonl"
+    good = [{"step": 10, "loss": 0.5, "psnr": 12.0, "num_gaussians": 100}, {"step": 20, "loss": 0.25, "psnr": 15.0, "num_gaussians": 120}]
+    lines = [json.dumps(good[0]), "not json", "[" * 100_000 + "]" * 100_000, '{"step": "x", "loss": 1, "psnr": 2}', "[1, 2]",
+             json.dumps(good[1]), json.dumps({"split": "test", "step": 20, "psnr": 14.0})]  # fmt: skip
+    metrics.write_text("\n".join(lines))
+    train, test = _records(metrics)
+    assert train == good and test == [{"split": "test", "step": 20, "psnr": 14.0}]
+    out = plot_training_curve(metrics, tmp_path / "curve.png")
+    assert out.stat().st_size > 5000 and sorted(p.name for p in tmp_path.iterdir()) == ["curve.png", "metrics.jsonl"]

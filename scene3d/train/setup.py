@@ -55,7 +55,7 @@ def create_trainer(scene: Path, output: Path, model_name: str, model_cfg, strate
             raise DataError(output, "already holds files; choose a new output folder or add --resume to continue the run")
         spec = RunSpec(str(Path(scene).resolve()), model_name, config_fields(model_cfg), strategy_name, config_fields(strategy), config_fields(data_cfg), config_fields(train_cfg))
     torch.manual_seed(train_cfg.seed)
-    ds = prepare_dataset(Path(spec.scene), data_config(spec.data_cfg), cls)
+    ds = prepare_dataset(Path(spec.scene), data_config(spec.data_cfg, source=output / CONFIG), cls)
     if state is not None:
         try:
             model_cfg = config_from_fields(cls.Config, spec.model_cfg)
