@@ -13,6 +13,7 @@ import shutil
 import socket
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -317,5 +318,57 @@ def test_camera_path_video_and_crop_export_from_the_page(run, browser, tmp_path)
         assert {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()} == {
             "out/camera_paths/path-001.json", "out/renders/path-001.mp4", "out/exports/crop-001.ply"}
         page.close()
+    finally:
+        viewer.stop()
+
+
+class _OnePage(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"<html><body>another site</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_page_on_another_site_cannot_open_the_viewers_websocket(run, browser, caplog):
+    """A page from another origin opens a websocket to the viewer, as a malicious site would: the
+    server closes it (code 1008) before sending anything, and it never becomes a client. The page
+    is another local one (another port), since chromium itself keeps public sites off loopback
+    addresses; the server's rule is the same for both."""
+    import logging
+
+    import viser
+
+    from scene3d.viewer.server import ViewerServer
+    from scene3d.viewer.target import load_target
+
+    viewer = ViewerServer(load_target(run, torch.device("cpu")), port=free_port())
+    try:
+        page = browser.new_page()
+        site = ThreadingHTTPServer(("127.0.0.1", 0), _OnePage)
+        threading.Thread(target=site.serve_forever, daemon=True).start()
+        foreign = f"http://127.0.0.1:{site.server_address[1]}"
+        page.goto(f"{foreign}/")
+        with caplog.at_level(logging.WARNING, logger="scene3d.viewer.safety"):
+            result = page.evaluate(
+                """([url, protocol]) => new Promise((resolve) => {
+                    const ws = new WebSocket(url, protocol);
+                    ws.binaryType = "arraybuffer";
+                    let received = 0;
+                    ws.onmessage = () => { received += 1; };
+                    ws.onclose = (e) => resolve({code: e.code, received});
+                })""",
+                [f"ws://127.0.0.1:{viewer.port}", f"viser-v{viser.__version__}"],
+            )
+        assert result == {"code": 1008, "received": 0}
+        assert any(foreign in r.getMessage() for r in caplog.records)
+        assert not viewer.clients
+        page.close()
+        site.shutdown()
     finally:
         viewer.stop()

@@ -204,8 +204,8 @@ def test_no_browser_supplied_path_is_ever_written(viewer, tmp_path):
     wait_until(lambda: (out / "camera_paths" / "path-002.json").exists() and (out / "camera_paths" / "path-002.json").stat().st_size > 0, what="a second saved path")
     assert (out / "camera_paths" / "path-001.json").read_bytes() == first  # never overwritten
     page.click(g["video_render"])
+    wait_until(lambda: len(page.of_type("FileTransferStartDownload")) == 3, timeout=120, what="the video")
     page.click(g["crop_export"])
-    wait_until(lambda: {"renders/path-001.mp4", "exports/crop-001.ply"} <= {p.as_posix() for p in files_under(out)}, timeout=120, what="the video and the crop")
     wait_until(lambda: len(page.of_type("FileTransferStartDownload")) >= 4, what="the downloads")
 
     assert (tmp_path / "victim.txt").read_text() == "keep me"
@@ -230,6 +230,9 @@ def test_new_output_files_take_fresh_names(tmp_path):
     third = new_output_file(folder, "crop", ".compressed.ply")
     assert third.name == "crop-009.compressed.ply" and third.stat().st_size == 0
     assert (folder / "crop-007.compressed.ply").read_text() == "mine" and not (tmp_path / "elsewhere.txt").exists()
+    (folder / "crop-999.compressed.ply").write_text("last")
+    with pytest.raises(ValueError, match="crop-999"):
+        new_output_file(folder, "crop", ".compressed.ply")
 
 
 # ---------------------------------------------------------------------------- bounds
@@ -338,3 +341,33 @@ def test_network_notice_says_what_a_listener_can_do(tmp_path):
     text = network_notice(SimpleNamespace(host="0.0.0.0", port=8123, output_dir=tmp_path))
     for words in ("0.0.0.0", "8123", "see the scene", "pause", str(tmp_path), "exports/crop-NNN", "download", "cannot name a path", "read or overwrite other files"):
         assert words in text
+
+
+def test_view_on_the_network_says_so_and_writes_to_the_output_dir(tmp_path):
+    """`scene3d view FILE --host 0.0.0.0 --output-dir D` states what a listener can do before serving."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from scene3d.export.formats import write_scene
+
+    src = write_scene(tmp_path / "scene.ply", _model(100).to_gaussians().params())
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "scene3d", "view", str(src), "--host", "0.0.0.0", "--port", str(port), "--device", "cpu",
+                             "--output-dir", str(tmp_path / "shared")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "COLUMNS": "300"})
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "run code" in line:
+                break
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    text = "".join(lines)
+    assert f"go to {tmp_path / 'shared'}" in text
+    assert f"listens on 0.0.0.0: anyone who can reach this machine on port {port}" in text
+    assert "cannot name a path on this machine, read or overwrite other files, or run code" in text
+    assert proc.returncode == 0

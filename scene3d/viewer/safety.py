@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 POLICY_VIOLATION = 1008  # websocket close code
 LOOPBACK_NAMES = ("localhost", "localhost.")
+MAX_OUTPUT_FILES = 999  # per kind of file in the output folder
 MAX_UPLOADS_IN_FLIGHT = 8  # unfinished uploads buffered at once, all browsers together
 
 
@@ -87,13 +88,17 @@ def install_origin_check(viser_server, bound_host: str) -> None:
 
     async def check(conn) -> None:
         connection = websock._live_connections.get(conn.client_id)
-        if connection is None or connection.request is None:
+        if connection is None:
             return
-        headers = connection.request.headers
-        origin = headers.get("Origin")
-        if origin_allowed(origin, headers.get("Host"), loopback_only):
+        try:
+            headers = connection.request.headers
+            origin, host = headers.get("Origin"), headers.get("Host")
+            allowed = origin_allowed(origin, host, loopback_only)
+        except Exception:  # repeated or malformed headers: not a page we served
+            origin, host, allowed = "(malformed)", "(malformed)", False
+        if allowed:
             return
-        log.warning("refused a websocket from origin %r (the page is served as %r)", origin, headers.get("Host"))
+        log.warning("refused a websocket from origin %r (the page is served as %r)", origin, host)
         await connection.close(POLICY_VIOLATION, "foreign origin")
 
     websock.on_client_connect(check)
@@ -129,7 +134,8 @@ def install_upload_cap(viser_server, max_bytes: int) -> None:
 
 
 def new_output_file(folder: Path, stem: str, suffix: str) -> Path:
-    """Reserves ``folder/stem-NNN<suffix>`` with the next free number and returns it: the file is
+    """Reserves ``folder/stem-NNN<suffix>`` with the number after the highest there and returns it (at
+    most :data:`MAX_OUTPUT_FILES`): the file is
     created empty here (exclusively, so two exports never share a name and nothing existing is
     replaced) and its writer puts the content in place."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -137,6 +143,8 @@ def new_output_file(folder: Path, stem: str, suffix: str) -> Path:
     taken = [int(m.group(1)) for p in folder.iterdir() if (m := pattern.match(p.name))]
     n = max(taken, default=0) + 1
     while True:
+        if n > MAX_OUTPUT_FILES:  # a page clicking forever does not fill the disk
+            raise ValueError(f"{folder.name} already holds {stem}-{MAX_OUTPUT_FILES:03d}{suffix}; move some files away first")
         path = folder / f"{stem}-{n:03d}{suffix}"
         try:
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))

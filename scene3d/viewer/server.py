@@ -8,11 +8,9 @@ makes, and small ones are also sent to the browser as downloads; "Load path" is 
 value the page sends is bounded here, not only in the page (see :mod:`scene3d.viewer.safety` for
 the websocket origin check and the upload cap).
 
-Each connected browser gets a render thread. While its camera moves, frames are rendered at a
-resolution scaled so that one takes about ``moving_frame_seconds``; once the camera has been still
-for ``refine_after`` seconds, the frame is rendered again at the canvas resolution (capped by the
-"Max resolution" control). Model access is serialised by :attr:`ViewerServer.lock`, which the
-trainer also holds for each step in live mode, so a frame never sees a half-updated model.
+Each connected browser gets a render thread (:mod:`scene3d.viewer.client`). Model access is
+serialised by :attr:`ViewerServer.lock`, which the trainer also holds for each step in live mode,
+so a frame never sees a half-updated model.
 """
 
 from __future__ import annotations
@@ -21,15 +19,14 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from scene3d.errors import Scene3dError
 from scene3d.viewer import camera as limits
-from scene3d.viewer.camera import CameraPath, Keyframe, camera_pose, matrix_to_quat, pose_c2w, transform_c2w, viewer_camera
+from scene3d.viewer.camera import CameraPath, Keyframe, camera_pose, matrix_to_quat, pose_c2w, transform_c2w
+from scene3d.viewer.client import ClientRenderer, browser_pose
 from scene3d.viewer.frames import RENDER_MODES, frame_image
 from scene3d.viewer.safety import NETWORK_NOTICE, bounded, install_origin_check, install_upload_cap, is_loopback, new_output_file
 from scene3d.viewer.target import ViewTarget
@@ -38,140 +35,17 @@ log = logging.getLogger(__name__)
 
 # What the page may ask for, enforced on the server (the page's own limits are only a convenience).
 MIN_STILL, MAX_STILL = 128, 2048  # "Max resolution": longest side of a still frame
-MAX_CANVAS = 16384  # a canvas size the browser reports is clamped to this
 MAX_VIDEO_SECONDS, MAX_VIDEO_FPS = 600.0, 120.0
 MIN_VIDEO_SIDE = 16
-MIN_VIEW_FOV, MAX_VIEW_FOV = math.radians(1.0), math.radians(179.0)
 MAX_BOX = 1e9  # crop-box coordinates
 DOWNLOAD_LIMIT = 64 << 20  # results up to this size are also sent to the browser
+
 
 def _scene_formats() -> dict[str, str]:
     """Gaussian scene formats the crop export offers, name -> file suffix (from the format registry)."""
     from scene3d.export.formats import formats
 
     return {f.name: f.suffix for f in formats("gaussians")}
-
-
-def browser_pose(cam) -> tuple[np.ndarray, np.ndarray, float] | None:
-    """(wxyz, position, vertical fov in radians) of a browser's camera, or None when the page sent
-    non-finite numbers; the field of view is clamped to a real camera's."""
-    try:
-        wxyz = np.asarray(cam.wxyz, np.float64).reshape(4)
-        position = np.asarray(cam.position, np.float64).reshape(3)
-    except (TypeError, ValueError):
-        return None
-    norm = float(np.linalg.norm(wxyz))
-    if not (np.isfinite(wxyz).all() and np.isfinite(position).all() and norm > 1e-8) or np.abs(position).max() > limits.MAX_COORDINATE:
-        return None
-    return wxyz / norm, position, bounded(cam.fov, MIN_VIEW_FOV, MAX_VIEW_FOV, math.radians(50.0))
-
-
-@dataclass
-class Frame:
-    """The last frame sent to a browser: the camera it was rendered for and the picture."""
-
-    cameras: object
-    image: np.ndarray
-    mode: str
-    full_resolution: bool
-    seconds: float
-    sent_at: float
-
-
-class _ClientRenderer:
-    """Renders for one browser in its own thread, following its camera."""
-
-    def __init__(self, viewer: "ViewerServer", client):
-        self.viewer, self.client = viewer, client
-        self.cond = threading.Condition()
-        self.moving = False  # a camera move is waiting to be rendered
-        self.invalid = True  # a full-resolution frame is due (settings changed, new model)
-        self.refine_due = False
-        self.last_move = 0.0
-        self.stopped = False
-        self.last_frame: Frame | None = None
-        self.frames_sent = 0
-        self.rendered_version = -1
-        client.camera.on_update(lambda _cam: self.camera_moved())
-        self.thread = threading.Thread(target=self._loop, name=f"scene3d-view-client-{client.client_id}", daemon=True)
-        self.thread.start()
-
-    def camera_moved(self) -> None:
-        with self.cond:
-            self.moving = True
-            self.last_move = time.monotonic()
-            self.cond.notify()
-
-    def invalidate(self) -> None:
-        with self.cond:
-            self.invalid = True
-            self.cond.notify()
-
-    def stop(self) -> None:
-        with self.cond:
-            self.stopped = True
-            self.cond.notify()
-
-    def _loop(self) -> None:
-        v = self.viewer
-        while True:
-            with self.cond:
-                while not self.stopped:
-                    now = time.monotonic()
-                    if self.moving or self.invalid:
-                        break
-                    if self.refine_due and now - self.last_move >= v.refine_after:
-                        break
-                    if v.live and v.version != self.rendered_version and now - (self.last_frame.sent_at if self.last_frame else 0) >= v.live_interval:
-                        break
-                    self.cond.wait(timeout=0.05)
-                if self.stopped:
-                    return
-                moving = self.moving and (time.monotonic() - self.last_move) < v.refine_after
-                self.moving = False
-                self.invalid = False
-            try:
-                self._render(full=not moving)
-            except Exception as e:  # a render failing must not take the server down
-                log.exception("render failed")
-                try:
-                    self.client.add_notification("Render failed", f"{type(e).__name__}: {e}", color="red", auto_close_seconds=5.0)
-                except Exception:
-                    pass
-                time.sleep(0.5)
-
-    def _render(self, full: bool) -> None:
-        v, cam = self.viewer, self.client.camera
-        width = int(bounded(cam.image_width, 0, MAX_CANVAS, 0, integer=True))
-        height = int(bounded(cam.image_height, 0, MAX_CANVAS, 0, integer=True))
-        if width < 2 or height < 2:  # the browser has not reported its canvas yet
-            width, height = 640, 480
-        pose = browser_pose(cam)
-        if pose is None:  # a non-finite camera from the page: nothing to render
-            return
-        wxyz, position, fov = pose
-        scale = min(1.0, v.max_resolution / max(width, height))
-        if not full:
-            budget = v.moving_frame_seconds / max(v.seconds_per_pixel * width * height * scale * scale, 1e-9)
-            scale *= min(1.0, math.sqrt(budget))
-            scale = max(scale, 64 / max(width, height))
-        w, h = max(int(round(width * scale)), 2), max(int(round(height * scale)), 2)
-        cams = viewer_camera(wxyz, position, fov, w, h)
-        version = v.version
-        t0 = time.perf_counter()
-        far = 0.95 * bounded(getattr(cam, "far", 1000.0), 1e-3, 1e9, 1000.0)
-        image, depth = v.render_image(cams, with_depth=True, empty_depth=far)
-        seconds = time.perf_counter() - t0
-        v.seconds_per_pixel = 0.7 * v.seconds_per_pixel + 0.3 * seconds / (w * h) if v.seconds_per_pixel > 0 else seconds / (w * h)
-        if self.stopped:  # the browser left while this frame was rendered
-            return
-        # the depth lets the browser hide frusta and boxes behind the rendered surfaces
-        self.client.scene.set_background_image(image, format="jpeg", jpeg_quality=92 if full else 70, depth=depth)
-        self.last_frame = Frame(cams, image, v.mode, full, seconds, time.monotonic())
-        self.frames_sent += 1
-        self.rendered_version = version
-        self.refine_due = not full
-        v.last_render = (w, h, seconds)
 
 
 class ViewerServer:
@@ -192,11 +66,11 @@ class ViewerServer:
         self.version = 0
         self.seconds_per_pixel = 0.0
         self.last_render: tuple[int, int, float] | None = None
-        self.clients: dict[int, _ClientRenderer] = {}
+        self.clients: dict[int, ClientRenderer] = {}
         self._clients_lock = threading.Lock()
         self.path = CameraPath()
         self._playing = threading.Event()
-        self._rendering = threading.Lock()
+        self._writing = threading.Lock()  # one video or crop export at a time
         self._path_lock = threading.RLock()
         self._stopped = False
         # live training
@@ -400,7 +274,7 @@ class ViewerServer:
                 names = [f"{j}: {n}" for j, n in enumerate(t.camera_names)]
                 g["camera"] = gui.add_dropdown("Training camera", names, initial_value=names[0])
                 g["look"] = gui.add_button("Look through camera")
-                g["look"].on_click(lambda e: self.look_through(e.client, names.index(g["camera"].value)))
+                g["look"].on_click(lambda e: g["camera"].value in names and self.look_through(e.client, names.index(g["camera"].value)))
 
         with gui.add_folder("Crop", expand_by_default=False):
             lo, hi = self.center - self.radius, self.center + self.radius
@@ -511,14 +385,20 @@ class ViewerServer:
         fmt = self.gui["crop_format"].value
         if fmt not in suffixes:
             raise ValueError(f"unknown export format {str(fmt)[:40]!r}")
-        with self.lock:
-            gaussians = self.target.model.to_gaussians(crop=self.crop_box())
-        if gaussians is None:
-            raise ValueError(f"the {self.target.model.name} representation cannot be baked to Gaussians")
-        params = {k: v.cpu() for k, v in gaussians.params().items()}
-        if params["means"].shape[0] == 0:
-            raise ValueError("the crop box holds no Gaussians")
-        path = self._write_new(self.output_dir / "exports", "crop", suffixes[fmt], lambda p: get_format(fmt).write(p, params, transform=self.target.to_input))
+        if not self._writing.acquire(blocking=False):
+            raise ValueError("a video or an export is being written already")
+        try:
+            with self.lock:
+                gaussians = self.target.model.to_gaussians(crop=self.crop_box())
+            if gaussians is None:
+                raise ValueError(f"the {self.target.model.name} representation cannot be baked to Gaussians")
+            params = {k: v.cpu() for k, v in gaussians.params().items()}
+            if params["means"].shape[0] == 0:
+                raise ValueError("the crop box holds no Gaussians")
+            write = get_format(fmt).write
+            path = self._write_new(self.output_dir / "exports", "crop", suffixes[fmt], lambda p: write(p, params, transform=self.target.to_input))
+        finally:
+            self._writing.release()
         self._delivered(client, path, "crop_written", "Crop exported", f"{params['means'].shape[0]:,} Gaussians")
         return path
 
@@ -683,8 +563,8 @@ class ViewerServer:
         self._sync_path_settings()
         if not self.path.keyframes:
             raise ValueError("add at least one keyframe first")
-        if not self._rendering.acquire(blocking=False):
-            raise ValueError("a video is being rendered already")
+        if not self._writing.acquire(blocking=False):
+            raise ValueError("a video or an export is being written already")
         try:
             cams = self.path.cameras(self.target.to_model)
             bar = self.gui["video_progress"]
@@ -703,7 +583,7 @@ class ViewerServer:
             finally:
                 bar.visible = False
         finally:
-            self._rendering.release()
+            self._writing.release()
         self._delivered(client, out, "path_written", "Video written", f"{n} frames")
         return out
 
@@ -728,7 +608,7 @@ class ViewerServer:
     # ------------------------------------------------------------------ clients
     def _connect(self, client) -> None:
         with self._clients_lock:
-            self.clients[client.client_id] = _ClientRenderer(self, client)
+            self.clients[client.client_id] = ClientRenderer(self, client)
 
     def _disconnect(self, client) -> None:
         with self._clients_lock:
