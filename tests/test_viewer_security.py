@@ -309,6 +309,8 @@ def test_load_path_is_an_upload_with_a_size_cap(viewer):
     _upload(page, button, b"x" * 100, declared=limits.MAX_FILE_BYTES + 1, parts=[b"x" * 100] * 3)
     # declared small, sent large: dropped when the bytes pass the declaration
     _upload(page, button, b"y" * 100, parts=[b"y" * 60_000, b"y" * 60_000, b"y" * 10])
+    # a negative size
+    _upload(page, button, b"z" * 10, declared=-5, parts=[b"z" * 10] * 2)
     # honest but too large: over the cap
     _upload(page, button, b" " * (limits.MAX_FILE_BYTES + 10) + good)
     # a hostile path: refused by the camera-path bounds

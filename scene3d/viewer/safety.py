@@ -117,11 +117,13 @@ def install_upload_cap(viser_server, max_bytes: int) -> None:
     transfers = viser_server.gui._current_file_upload_states
     max_parts = max(1, max_bytes // 1024)
 
+    def acceptable(size, parts) -> bool:
+        whole = all(isinstance(v, int) and not isinstance(v, bool) for v in (size, parts))  # the page could send anything
+        return whole and 0 <= size <= max_bytes and 0 <= parts <= max_parts and len(transfers) <= MAX_UPLOADS_IN_FLIGHT
+
     def start(client_id, message) -> None:
-        too_big = not 0 <= message.size_bytes <= max_bytes or message.part_count > max_parts
-        if too_big or len(transfers) > MAX_UPLOADS_IN_FLIGHT:
-            if transfers.pop(message.transfer_uuid, None) is not None:
-                log.warning("refused an upload of %s bytes (ceiling %s, %d in flight)", message.size_bytes, max_bytes, len(transfers))
+        if not acceptable(message.size_bytes, message.part_count) and transfers.pop(message.transfer_uuid, None) is not None:
+            log.warning("refused an upload of %r bytes (ceiling %s, %d in flight)", message.size_bytes, max_bytes, len(transfers))
 
     def part(client_id, message) -> None:
         state = transfers.get(message.transfer_uuid)
@@ -134,10 +136,9 @@ def install_upload_cap(viser_server, max_bytes: int) -> None:
 
 
 def new_output_file(folder: Path, stem: str, suffix: str) -> Path:
-    """Reserves ``folder/stem-NNN<suffix>`` with the number after the highest there and returns it (at
-    most :data:`MAX_OUTPUT_FILES`): the file is
-    created empty here (exclusively, so two exports never share a name and nothing existing is
-    replaced) and its writer puts the content in place."""
+    """Reserves ``folder/stem-NNN<suffix>`` with the number after the highest there (at most
+    :data:`MAX_OUTPUT_FILES`) and returns it: the file is created empty here, exclusively, so two
+    exports never share a name and nothing existing is replaced; its writer puts the content in place."""
     folder.mkdir(parents=True, exist_ok=True)
     pattern = re.compile(re.escape(stem) + r"-(\d+)" + re.escape(suffix) + "$")
     taken = [int(m.group(1)) for p in folder.iterdir() if (m := pattern.match(p.name))]
