@@ -182,20 +182,25 @@ def view(
     port: int = 8080,
     device: str = "auto",
     up: Literal["auto", "+x", "+y", "+z", "-x", "-y", "-z"] = "auto",
+    output_dir: Path | None = None,
 ) -> None:
     """Opens a trained run or a scene file in the web viewer (viser), rendered on this machine:
     `scene3d view RUN` or `scene3d view FILE`, then open the printed URL.
 
+    The page never names a path here: crop exports, camera paths and videos go to the output folder
+    under names the viewer makes (exports/crop-NNN.*, camera_paths/path-NNN.json, renders/path-NNN.mp4).
+
     Args:
         target: a run folder or a scene file (.ply, .splat, .compressed.ply, .spz, .sog).
-        host: interface to listen on; 127.0.0.1 keeps the viewer private to this machine (0.0.0.0 serves every interface).
+        host: interface to listen on; 127.0.0.1 keeps the viewer private to this machine (0.0.0.0 serves every interface, and anyone reaching it can view the scene and write exports into the output folder).
         port: port to listen on (the next free one is taken when it is busy).
         device: auto, cpu or cuda.
         up: the scene's up axis; auto takes the training cameras' mean up direction (+z for scene files).
+        output_dir: where the page's exports, camera paths and videos go (default: the run folder, or the scene file's folder).
     """
     from scene3d.viewer.server import view_command
 
-    view_command(target, host=host, port=port, device=device, up=up)
+    view_command(target, host=host, port=port, device=device, up=up, output_dir=output_dir)
 
 
 def demo(

@@ -117,7 +117,7 @@ def test_camera_path_json_round_trip_and_frame(tmp_path):
         (json.dumps({"format": "scene3d-camera-path", "version": 1, "width": 64, "height": 48, "fps": 10, "seconds": 1, "keyframes": [{"position": [0, 0], "wxyz": [1, 0, 0, 0], "fov": 50}]}), "3 numbers"),
         (json.dumps({"format": "scene3d-camera-path", "version": 1, "width": 64, "height": 48, "fps": 10, "seconds": 1, "keyframes": [{"position": [0, 0, 0], "wxyz": [0, 0, 0, 0], "fov": 50}]}), "zero quaternion"),
         (json.dumps({"format": "scene3d-camera-path", "version": 1, "width": 64, "height": 48, "fps": 10, "seconds": 1, "keyframes": [{"position": [0, 0, 0], "wxyz": [1, 0, 0, 0]}]}), "missing"),
-        (json.dumps({"format": "scene3d-camera-path", "version": 1, "width": 64, "height": 48, "fps": -1, "seconds": 1, "keyframes": [{"position": [0, 0, 0], "wxyz": [1, 0, 0, 0], "fov": 50}]}), "positive"),
+        (json.dumps({"format": "scene3d-camera-path", "version": 1, "width": 64, "height": 48, "fps": -1, "seconds": 1, "keyframes": [{"position": [0, 0, 0], "wxyz": [1, 0, 0, 0], "fov": 50}]}), '"fps" is -1, outside 1 to 240'),
     ],
 )
 def test_malformed_camera_paths_are_refused(tmp_path, content, words):
@@ -126,6 +126,80 @@ def test_malformed_camera_paths_are_refused(tmp_path, content, words):
     with pytest.raises(DataError, match=words) as e:
         CameraPath.load(f)
     assert str(f) in str(e.value)
+
+
+def _path_json(**fields) -> dict:
+    data = {"format": "scene3d-camera-path", "version": 1, "width": 64, "height": 48, "fps": 10, "seconds": 1.0,
+            "keyframes": [{"position": [0.0, 0.0, 0.0], "wxyz": [1.0, 0.0, 0.0, 0.0], "fov": 50.0}]}
+    data.update(fields)
+    return data
+
+
+def test_a_billion_seconds_at_a_billion_fps_is_refused_at_once(tmp_path):
+    import time
+
+    f = tmp_path / "endless.json"
+    f.write_text(json.dumps(_path_json(seconds=1e9, fps=1e9)))
+    start = time.monotonic()
+    with pytest.raises(DataError, match='"fps" is 1e\\+09, outside 1 to 240') as e:
+        CameraPath.load(f)
+    assert time.monotonic() - start < 1.0
+    assert str(f) in str(e.value)
+    # each within its own range, too many frames together
+    with pytest.raises(DataError, match=f"36000 frames|ceiling of {36000}"):
+        CameraPath.from_json(_path_json(seconds=3600.0, fps=240.0), f)
+
+
+@pytest.mark.parametrize(
+    "fields, words",
+    [
+        ({"seconds": float("nan")}, '"seconds" is nan, not a finite number'),
+        ({"fps": float("inf")}, '"fps" is inf, not a finite number'),
+        ({"width": 100_000}, '"width" is 100000, outside 8 to 8192'),
+        ({"height": 4}, '"height" is 4, outside 8 to 8192'),
+        ({"width": 64.5}, '"width" must be a whole number'),
+        ({"width": "64"}, '"width" must be a number, not str'),
+        ({"height": True}, '"height" must be a number, not bool'),
+        ({"width": 10**400}, '"width" is out of range'),
+        ({"seconds": 0}, '"seconds" is 0, outside'),
+        ({"loop": "yes"}, '"loop" must be true or false'),
+        ({"keyframes": [{"position": [0.0, float("nan"), 0.0], "wxyz": [1, 0, 0, 0], "fov": 50}]}, r'"keyframes\[0\].position" is nan'),
+        ({"keyframes": [{"position": [0, 0, 0], "wxyz": [1, 0, float("inf"), 0], "fov": 50}]}, r'"keyframes\[0\].wxyz" is inf'),
+        ({"keyframes": [{"position": [0, 0, 0], "wxyz": [1, 0, 0, 0], "fov": float("nan")}]}, r'"keyframes\[0\].fov" is nan'),
+        ({"keyframes": [{"position": [0, 0, 0], "wxyz": [1, 0, 0, 0], "fov": 180}]}, r'"keyframes\[0\].fov" is 180, outside 0.1 to 179'),
+        ({"keyframes": [{"position": [1e300, 0, 0], "wxyz": [1, 0, 0, 0], "fov": 50}]}, r'"keyframes\[0\].position" is 1e\+300, outside'),
+        ({"keyframes": [{"position": [0, 0, 0], "wxyz": [1, 0, 0, 0], "fov": 50}] * 1001}, '1001 keyframes, above the ceiling of 1000'),
+        ({"keyframes": {"0": 1}}, '"keyframes" must be a list'),
+        ({"width": None}, '"width" must be a number, not NoneType'),
+    ],
+)
+def test_camera_path_fields_are_bounded_and_named(tmp_path, fields, words):
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps(_path_json(**fields)))
+    with pytest.raises(DataError, match=words) as e:
+        CameraPath.load(f)
+    assert str(e.value).startswith(f"{f}: is not a valid camera path: ") and "\n" not in str(e.value)
+
+
+def test_camera_path_files_are_size_capped_before_reading(tmp_path):
+    from scene3d.viewer.camera import MAX_FILE_BYTES, MAX_KEYFRAMES
+
+    big = tmp_path / "big.json"
+    with open(big, "wb") as fh:
+        fh.truncate(MAX_FILE_BYTES + 1)  # sparse: nothing read, nothing allocated
+    with pytest.raises(DataError, match="above the camera-path ceiling") as e:
+        CameraPath.load(big)
+    assert str(big) in str(e.value)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000)
+    with pytest.raises(DataError, match="not valid JSON"):
+        CameraPath.load(deep)
+    # the largest path the ceilings allow, as the viewer saves it, fits under the size cap
+    rng = np.random.default_rng(0)
+    keys = [Keyframe(rng.normal(size=3) * 1e6, matrix_to_quat(_random_rotation(rng)), 179.0 - rng.random()) for _ in range(MAX_KEYFRAMES)]
+    saved = CameraPath(keys, 8192, 8192, 240.0, 150.0).save(tmp_path / "largest.json")
+    assert saved.stat().st_size <= MAX_FILE_BYTES
+    assert len(CameraPath.load(saved).keyframes) == MAX_KEYFRAMES
 
 
 def _model(n: int = 300):

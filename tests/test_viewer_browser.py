@@ -13,6 +13,7 @@ import shutil
 import socket
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -249,8 +250,9 @@ def test_live_training_pauses_and_resumes_from_the_page(scene, tmp_path, browser
 
 
 def test_camera_path_video_and_crop_export_from_the_page(run, browser, tmp_path):
-    """Keyframes added, saved, loaded and rendered to a video, and a crop exported, all by clicking
-    the page's buttons; the files are what the CLI and the scene readers take."""
+    """Keyframes added, saved, uploaded back and rendered to a video, and a crop exported, all by
+    clicking the page's buttons; the files land in the output folder under the server's names and
+    are what the CLI and the scene readers take."""
     import imageio.v3 as iio
 
     from scene3d.export.formats import read_scene
@@ -259,7 +261,8 @@ def test_camera_path_video_and_crop_export_from_the_page(run, browser, tmp_path)
     from scene3d.viewer.target import load_target
 
     target = load_target(run, torch.device("cpu"))
-    viewer = ViewerServer(target, port=free_port())
+    out = tmp_path / "out"
+    viewer = ViewerServer(target, port=free_port(), output_dir=out)
     try:
         page = browser.new_page(viewport={"width": 820, "height": 560})
         page.goto(viewer.url)
@@ -269,8 +272,6 @@ def test_camera_path_video_and_crop_export_from_the_page(run, browser, tmp_path)
         page.get_by_text("Crop", exact=True).click()
         g = viewer.gui
         g["path_width"].value, g["path_height"].value, g["path_fps"].value, g["path_seconds"].value = 64, 48, 6, 1.0
-        g["path_file"].value = str(tmp_path / "path.json")
-        g["video_file"].value = str(tmp_path / "path.mp4")
 
         page.get_by_role("button", name="Add keyframe (current view)").click()
         wait_until(lambda: len(viewer.path.keyframes) == 1, what="the first keyframe")
@@ -279,7 +280,9 @@ def test_camera_path_video_and_crop_export_from_the_page(run, browser, tmp_path)
         wait_until(lambda: "2 keyframes" in page.inner_text("body"), what="the second keyframe")
 
         page.get_by_role("button", name="Save path").click()
-        saved = wait_until(lambda: (tmp_path / "path.json").is_file() and CameraPath.load(tmp_path / "path.json"), what="the saved path")
+        saved_file = out / "camera_paths" / "path-001.json"
+        saved = wait_until(lambda: saved_file.is_file() and saved_file.stat().st_size > 0 and CameraPath.load(saved_file), what="the saved path")
+        wait_until(lambda: "camera_paths/path-001.json" in page.inner_text("body"), what="the page to say where the path went")
         assert len(saved.keyframes) == 2 and (saved.width, saved.height, saved.fps) == (64, 48, 6)
         # keyframes are in the input frame: mapped back, they are the cameras they were taken from
         for key, j in zip(saved.keyframes, (0, 5)):
@@ -288,12 +291,15 @@ def test_camera_path_video_and_crop_export_from_the_page(run, browser, tmp_path)
 
         page.get_by_role("button", name="Clear keyframes").click()
         wait_until(lambda: not viewer.path.keyframes, what="the keyframes to clear")
-        page.get_by_role("button", name="Load path").click()
-        wait_until(lambda: len(viewer.path.keyframes) == 2, what="the loaded path")
+        with page.expect_file_chooser() as chooser:
+            page.get_by_role("button", name="Load path").click()
+        chooser.value.set_files(str(saved_file))
+        wait_until(lambda: len(viewer.path.keyframes) == 2, what="the uploaded path")
 
         page.get_by_role("button", name="Render video").click()
-        wait_until(lambda: (tmp_path / "path.mp4").is_file(), timeout=120, what="the video")
-        frames = np.stack(list(iio.imiter(tmp_path / "path.mp4")))
+        video = out / "renders" / "path-001.mp4"
+        wait_until(lambda: video.is_file() and video.stat().st_size > 0, timeout=120, what="the video")
+        frames = np.stack(list(iio.imiter(video)))
         assert frames.shape == (6, 48, 64, 3)
 
         # crop: half the box, exported by the button, read back with the scene readers
@@ -302,13 +308,67 @@ def test_camera_path_video_and_crop_export_from_the_page(run, browser, tmp_path)
         g["crop_max"].value = tuple(float(x) for x in (lo + hi) / 2)
         page.get_by_label("Crop to box", exact=True).click()
         wait_until(lambda: g["crop"].value, what="cropping to switch on")
-        g["crop_file"].value = str(tmp_path / "crop.ply")
         page.get_by_role("button", name="Export crop").click()
-        wait_until(lambda: (tmp_path / "crop.ply").is_file(), what="the crop file")
+        crop = out / "exports" / "crop-001.ply"
+        wait_until(lambda: crop.is_file() and crop.stat().st_size > 0, what="the crop file")
         box = viewer.crop_box()
         expected = target.model.to_gaussians(crop=box).params()["means"].shape[0]
         assert 0 < expected < target.model.num_gaussians
-        assert read_scene(tmp_path / "crop.ply")["means"].shape[0] == expected
+        assert read_scene(crop)["means"].shape[0] == expected
+        assert {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()} == {
+            "out/camera_paths/path-001.json", "out/renders/path-001.mp4", "out/exports/crop-001.ply"}
         page.close()
+    finally:
+        viewer.stop()
+
+
+class _OnePage(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b"<html><body>another site</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_page_on_another_site_cannot_open_the_viewers_websocket(run, browser, caplog):
+    """A page from another origin opens a websocket to the viewer, as a malicious site would: the
+    server closes it (code 1008) before sending anything, and it never becomes a client. The page
+    is another local one (another port), since chromium itself keeps public sites off loopback
+    addresses; the server's rule is the same for both."""
+    import logging
+
+    import viser
+
+    from scene3d.viewer.server import ViewerServer
+    from scene3d.viewer.target import load_target
+
+    viewer = ViewerServer(load_target(run, torch.device("cpu")), port=free_port())
+    try:
+        page = browser.new_page()
+        site = ThreadingHTTPServer(("127.0.0.1", 0), _OnePage)
+        threading.Thread(target=site.serve_forever, daemon=True).start()
+        foreign = f"http://127.0.0.1:{site.server_address[1]}"
+        page.goto(f"{foreign}/")
+        with caplog.at_level(logging.WARNING, logger="scene3d.viewer.safety"):
+            result = page.evaluate(
+                """([url, protocol]) => new Promise((resolve) => {
+                    const ws = new WebSocket(url, protocol);
+                    ws.binaryType = "arraybuffer";
+                    let received = 0;
+                    ws.onmessage = () => { received += 1; };
+                    ws.onclose = (e) => resolve({code: e.code, received});
+                })""",
+                [f"ws://127.0.0.1:{viewer.port}", f"viser-v{viser.__version__}"],
+            )
+        assert result == {"code": 1008, "received": 0}
+        assert any(foreign in r.getMessage() for r in caplog.records)
+        assert not viewer.clients
+        page.close()
+        site.shutdown()
     finally:
         viewer.stop()

@@ -35,6 +35,17 @@ from scene3d.errors import DataError
 
 PATH_FORMAT = "scene3d-camera-path"
 
+# Ceilings for camera paths, from files and from the viewer's page alike: a path is rendered frame
+# by frame, so these bound the time and memory one path can ask for.
+MIN_SIDE, MAX_SIDE = 8, 8192  # video width and height, pixels
+MIN_FPS, MAX_FPS = 1.0, 240.0
+MIN_SECONDS, MAX_SECONDS = 0.05, 3600.0
+MAX_FRAMES = 36_000  # seconds x fps: 10 minutes at 60 fps
+MAX_KEYFRAMES = 1000
+MIN_FOV, MAX_FOV = 0.1, 179.0  # vertical, degrees
+MAX_COORDINATE = 1e9  # keyframe positions, scene units
+MAX_FILE_BYTES = 1 << 20  # a path of MAX_KEYFRAMES keyframes is about 0.4 MB
+
 
 # ---------------------------------------------------------------------------- viser <-> Cameras
 def pinhole_camera(c2w: np.ndarray, fov_y: float, width: int, height: int) -> Cameras:
@@ -119,50 +130,87 @@ class CameraPath:
 
     @staticmethod
     def from_json(data, source: Path | str = "camera path") -> "CameraPath":
+        """Checks every field against the ceilings above before anything is built, so a hostile
+        file cannot ask for endless frames, huge images or non-finite cameras."""
+
         def bad(problem: str) -> DataError:
             return DataError(Path(source), f"is not a valid camera path: {problem}")
+
+        def number(value, name: str, lo: float, hi: float, integer: bool = False) -> float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise bad(f'"{name}" must be a number, not {type(value).__name__}')
+            try:
+                value = float(value)
+            except OverflowError:  # an integer too long for a float
+                raise bad(f'"{name}" is out of range') from None
+            if not math.isfinite(value):
+                raise bad(f'"{name}" is {value}, not a finite number')
+            if integer and not value.is_integer():
+                raise bad(f'"{name}" must be a whole number, not {value}')
+            if not lo <= value <= hi:
+                raise bad(f'"{name}" is {value:g}, outside {lo:g} to {hi:g}')
+            return value
 
         if not isinstance(data, dict) or data.get("format") != PATH_FORMAT:
             raise bad(f'"format" must be "{PATH_FORMAT}"')
         if data.get("version") != 1:
             raise bad(f"unsupported version {data.get('version')!r} (this scene3d reads version 1)")
-        try:
-            width, height = int(data["width"]), int(data["height"])
-            fps, seconds = float(data["fps"]), float(data["seconds"])
-            keys = []
-            for j, k in enumerate(data["keyframes"]):
-                pos = np.asarray(k["position"], dtype=np.float64)
-                q = np.asarray(k["wxyz"], dtype=np.float64)
-                fov = float(k["fov"])
-                if pos.shape != (3,) or q.shape != (4,):
-                    raise bad(f"keyframe {j}: position needs 3 numbers and wxyz 4")
-                if not (np.isfinite(pos).all() and np.isfinite(q).all() and math.isfinite(fov)) or np.linalg.norm(q) < 1e-8:
-                    raise bad(f"keyframe {j} holds a non-finite number or a zero quaternion")
-                if not 0.1 <= fov < 179.9:
-                    raise bad(f"keyframe {j}: fov {fov} is not a vertical field of view in degrees")
-                keys.append(Keyframe(pos, q / np.linalg.norm(q), fov))
-        except DataError:
-            raise
-        except (KeyError, TypeError, ValueError) as e:
-            raise bad(f"missing or wrong field ({type(e).__name__}: {e})") from None
-        if not keys:
+        for name in ("width", "height", "fps", "seconds", "keyframes"):
+            if name not in data:
+                raise bad(f'the field "{name}" is missing')
+        width = int(number(data["width"], "width", MIN_SIDE, MAX_SIDE, integer=True))
+        height = int(number(data["height"], "height", MIN_SIDE, MAX_SIDE, integer=True))
+        fps = float(number(data["fps"], "fps", MIN_FPS, MAX_FPS))
+        seconds = float(number(data["seconds"], "seconds", MIN_SECONDS, MAX_SECONDS))
+        if seconds * fps > MAX_FRAMES:
+            raise bad(f'"seconds" x "fps" is {seconds * fps:g} frames, above the ceiling of {MAX_FRAMES}')
+        loop = data.get("loop", False)
+        if not isinstance(loop, bool):
+            raise bad('"loop" must be true or false')
+        raw = data["keyframes"]
+        if not isinstance(raw, list):
+            raise bad('"keyframes" must be a list')
+        if not raw:
             raise bad("it has no keyframes")
-        if width < 8 or height < 8 or width > 16384 or height > 16384:
-            raise bad(f"image size {width}x{height} is out of range")
-        if not (fps > 0 and seconds > 0 and math.isfinite(fps) and math.isfinite(seconds)):
-            raise bad("fps and seconds must be positive")
-        return CameraPath(keys, width, height, fps, seconds, bool(data.get("loop", False)))
+        if len(raw) > MAX_KEYFRAMES:
+            raise bad(f'"keyframes" holds {len(raw)} keyframes, above the ceiling of {MAX_KEYFRAMES}')
+        keys = []
+        for j, k in enumerate(raw):
+            if not isinstance(k, dict) or any(name not in k for name in ("position", "wxyz", "fov")):
+                raise bad(f"keyframe {j} is missing its position, wxyz or fov")
+            pos, q = k["position"], k["wxyz"]
+            if not (isinstance(pos, list) and len(pos) == 3 and isinstance(q, list) and len(q) == 4):
+                raise bad(f"keyframe {j}: position needs 3 numbers and wxyz 4")
+            pos = np.array([number(v, f"keyframes[{j}].position", -MAX_COORDINATE, MAX_COORDINATE) for v in pos], dtype=np.float64)
+            q = np.array([number(v, f"keyframes[{j}].wxyz", -1e6, 1e6) for v in q], dtype=np.float64)
+            fov = float(number(k["fov"], f"keyframes[{j}].fov", MIN_FOV, MAX_FOV))
+            if np.linalg.norm(q) < 1e-8:
+                raise bad(f"keyframe {j} holds a zero quaternion")
+            keys.append(Keyframe(pos, q / np.linalg.norm(q), fov))
+        return CameraPath(keys, width, height, fps, seconds, loop)
+
+    @staticmethod
+    def parse(content: bytes, source: Path | str) -> "CameraPath":
+        """A camera path from the bytes of a file (``source`` names it in errors), size-capped."""
+        if len(content) > MAX_FILE_BYTES:
+            raise DataError(Path(source), f"is {len(content):,} bytes, above the camera-path ceiling of {MAX_FILE_BYTES:,}")
+        try:
+            data = json.loads(content.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(Path(source), f"is not valid JSON ({e})") from None
+        except RecursionError:
+            raise DataError(Path(source), "is not valid JSON (nested too deeply)") from None
+        return CameraPath.from_json(data, source)
 
     @staticmethod
     def load(path: Path) -> "CameraPath":
         path = Path(path)
         if not path.is_file():
             raise DataError(path, "does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DataError(path, f"is not valid JSON ({e})") from None
-        return CameraPath.from_json(data, path)
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:  # checked before reading
+            raise DataError(path, f"is {size:,} bytes, above the camera-path ceiling of {MAX_FILE_BYTES:,}")
+        return CameraPath.parse(path.read_bytes(), path)
 
     # ---- interpolation
     def poses(self, num_frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:

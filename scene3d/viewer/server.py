@@ -2,11 +2,15 @@
 by the representation's own renderer (so view-dependent colour and every control are exactly what
 training produced).
 
-Each connected browser gets a render thread. While its camera moves, frames are rendered at a
-resolution scaled so that one takes about ``moving_frame_seconds``; once the camera has been still
-for ``refine_after`` seconds, the frame is rendered again at the canvas resolution (capped by the
-"Max resolution" control). Model access is serialised by :attr:`ViewerServer.lock`, which the
-trainer also holds for each step in live mode, so a frame never sees a half-updated model.
+The browser never names a path on this machine: crop exports, camera paths and videos go to the
+output folder (the run's, the scene file's folder, or ``--output-dir``) under names the server
+makes, and small ones are also sent to the browser as downloads; "Load path" is an upload. Every
+value the page sends is bounded here, not only in the page (see :mod:`scene3d.viewer.safety` for
+the websocket origin check and the upload cap).
+
+Each connected browser gets a render thread (:mod:`scene3d.viewer.client`). Model access is
+serialised by :attr:`ViewerServer.lock`, which the trainer also holds for each step in live mode,
+so a frame never sees a half-updated model.
 """
 
 from __future__ import annotations
@@ -15,126 +19,33 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from scene3d.viewer.camera import CameraPath, Keyframe, camera_pose, matrix_to_quat, pose_c2w, transform_c2w, viewer_camera
+from scene3d.viewer import camera as limits
+from scene3d.viewer.camera import CameraPath, Keyframe, camera_pose, matrix_to_quat, pose_c2w, transform_c2w
+from scene3d.viewer.client import ClientRenderer, browser_pose
 from scene3d.viewer.frames import RENDER_MODES, frame_image
+from scene3d.viewer.safety import NETWORK_NOTICE, bounded, install_origin_check, install_upload_cap, is_loopback, new_output_file
 from scene3d.viewer.target import ViewTarget
 
 log = logging.getLogger(__name__)
+
+# What the page may ask for, enforced on the server (the page's own limits are only a convenience).
+MIN_STILL, MAX_STILL = 128, 2048  # "Max resolution": longest side of a still frame
+MAX_VIDEO_SECONDS, MAX_VIDEO_FPS = 600.0, 120.0
+MIN_VIDEO_SIDE = 16
+MAX_BOX = 1e9  # crop-box coordinates
+DOWNLOAD_LIMIT = 64 << 20  # results up to this size are also sent to the browser
+
 
 def _scene_formats() -> dict[str, str]:
     """Gaussian scene formats the crop export offers, name -> file suffix (from the format registry)."""
     from scene3d.export.formats import formats
 
     return {f.name: f.suffix for f in formats("gaussians")}
-
-
-@dataclass
-class Frame:
-    """The last frame sent to a browser: the camera it was rendered for and the picture."""
-
-    cameras: object
-    image: np.ndarray
-    mode: str
-    full_resolution: bool
-    seconds: float
-    sent_at: float
-
-
-class _ClientRenderer:
-    """Renders for one browser in its own thread, following its camera."""
-
-    def __init__(self, viewer: "ViewerServer", client):
-        self.viewer, self.client = viewer, client
-        self.cond = threading.Condition()
-        self.moving = False  # a camera move is waiting to be rendered
-        self.invalid = True  # a full-resolution frame is due (settings changed, new model)
-        self.refine_due = False
-        self.last_move = 0.0
-        self.stopped = False
-        self.last_frame: Frame | None = None
-        self.frames_sent = 0
-        self.rendered_version = -1
-        client.camera.on_update(lambda _cam: self.camera_moved())
-        self.thread = threading.Thread(target=self._loop, name=f"scene3d-view-client-{client.client_id}", daemon=True)
-        self.thread.start()
-
-    def camera_moved(self) -> None:
-        with self.cond:
-            self.moving = True
-            self.last_move = time.monotonic()
-            self.cond.notify()
-
-    def invalidate(self) -> None:
-        with self.cond:
-            self.invalid = True
-            self.cond.notify()
-
-    def stop(self) -> None:
-        with self.cond:
-            self.stopped = True
-            self.cond.notify()
-
-    def _loop(self) -> None:
-        v = self.viewer
-        while True:
-            with self.cond:
-                while not self.stopped:
-                    now = time.monotonic()
-                    if self.moving or self.invalid:
-                        break
-                    if self.refine_due and now - self.last_move >= v.refine_after:
-                        break
-                    if v.live and v.version != self.rendered_version and now - (self.last_frame.sent_at if self.last_frame else 0) >= v.live_interval:
-                        break
-                    self.cond.wait(timeout=0.05)
-                if self.stopped:
-                    return
-                moving = self.moving and (time.monotonic() - self.last_move) < v.refine_after
-                self.moving = False
-                self.invalid = False
-            try:
-                self._render(full=not moving)
-            except Exception as e:  # a render failing must not take the server down
-                log.exception("render failed")
-                try:
-                    self.client.add_notification("Render failed", f"{type(e).__name__}: {e}", color="red", auto_close_seconds=5.0)
-                except Exception:
-                    pass
-                time.sleep(0.5)
-
-    def _render(self, full: bool) -> None:
-        v, cam = self.viewer, self.client.camera
-        width, height = int(cam.image_width or 0), int(cam.image_height or 0)
-        if width < 2 or height < 2:  # the browser has not reported its canvas yet
-            width, height = 640, 480
-        scale = min(1.0, v.max_resolution / max(width, height))
-        if not full:
-            budget = v.moving_frame_seconds / max(v.seconds_per_pixel * width * height * scale * scale, 1e-9)
-            scale *= min(1.0, math.sqrt(budget))
-            scale = max(scale, 64 / max(width, height))
-        w, h = max(int(round(width * scale)), 2), max(int(round(height * scale)), 2)
-        cams = viewer_camera(cam.wxyz, cam.position, float(cam.fov), w, h)
-        version = v.version
-        t0 = time.perf_counter()
-        far = 0.95 * float(getattr(cam, "far", 1000.0) or 1000.0)
-        image, depth = v.render_image(cams, with_depth=True, empty_depth=far)
-        seconds = time.perf_counter() - t0
-        v.seconds_per_pixel = 0.7 * v.seconds_per_pixel + 0.3 * seconds / (w * h) if v.seconds_per_pixel > 0 else seconds / (w * h)
-        if self.stopped:  # the browser left while this frame was rendered
-            return
-        # the depth lets the browser hide frusta and boxes behind the rendered surfaces
-        self.client.scene.set_background_image(image, format="jpeg", jpeg_quality=92 if full else 70, depth=depth)
-        self.last_frame = Frame(cams, image, v.mode, full, seconds, time.monotonic())
-        self.frames_sent += 1
-        self.rendered_version = version
-        self.refine_due = not full
-        v.last_render = (w, h, seconds)
 
 
 class ViewerServer:
@@ -144,24 +55,31 @@ class ViewerServer:
     refine_after = 0.3
     live_interval = 1.0
 
-    def __init__(self, target: ViewTarget, host: str = "127.0.0.1", port: int = 8080, device: torch.device | None = None, live: bool = False):
+    def __init__(self, target: ViewTarget, host: str = "127.0.0.1", port: int = 8080, device: torch.device | None = None, live: bool = False,
+                 output_dir: Path | None = None):
         import viser
 
         self.target, self.live = target, live
+        self.output_dir = Path(output_dir) if output_dir is not None else Path(target.output_dir)
         self.device = device or torch.device("cpu")
         self.lock = threading.RLock()
         self.version = 0
         self.seconds_per_pixel = 0.0
         self.last_render: tuple[int, int, float] | None = None
-        self.clients: dict[int, _ClientRenderer] = {}
+        self.clients: dict[int, ClientRenderer] = {}
         self._clients_lock = threading.Lock()
         self.path = CameraPath()
         self._playing = threading.Event()
+        self._writing = threading.Lock()  # one video or crop export at a time
+        self._path_lock = threading.RLock()
         self._stopped = False
         # live training
         self.paused = threading.Event()
         self.training: dict = {}
         self.server = viser.ViserServer(host=host, port=port, verbose=False)
+        install_origin_check(self.server, host)
+        install_upload_cap(self.server, limits.MAX_FILE_BYTES)
+        self.server._websock_server.disconnect_all_clients()  # anything that connected before the check (browsers reconnect)
         self.host = host
         self.center, self.radius = target.scene_center_and_radius()
         self._setup_scene()
@@ -183,24 +101,45 @@ class ViewerServer:
 
     @property
     def mode(self) -> str:
-        return self.gui["mode"].value
+        mode = self.gui["mode"].value
+        return mode if mode in RENDER_MODES else "rgb"
 
     @property
     def max_resolution(self) -> int:
-        return int(self.gui["max_res"].value)
+        return int(bounded(self.gui["max_res"].value, MIN_STILL, MAX_STILL, 1024, integer=True))
 
     def background(self) -> tuple[float, float, float]:
-        r, g, b = self.gui["background"].value
-        return (r / 255.0, g / 255.0, b / 255.0)
+        try:
+            rgb = tuple(self.gui["background"].value)[:3]
+        except TypeError:
+            rgb = ()
+        if len(rgb) != 3:
+            rgb = (0, 0, 0)
+        return tuple(bounded(c, 0, 255, 0) / 255.0 for c in rgb)
 
     def crop_box(self):
         if not self.gui["crop"].value:
             return None
-        lo, hi = np.asarray(self.gui["crop_min"].value, np.float64), np.asarray(self.gui["crop_max"].value, np.float64)
+        lo = np.array([bounded(v, -MAX_BOX, MAX_BOX, 0.0) for v in self.gui["crop_min"].value], np.float64)
+        hi = np.array([bounded(v, -MAX_BOX, MAX_BOX, 0.0) for v in self.gui["crop_max"].value], np.float64)
+        if lo.shape != (3,) or hi.shape != (3,):
+            return None
         return np.minimum(lo, hi), np.maximum(lo, hi)
 
     def render_options(self) -> dict:
-        return {key: handle.value for key, handle in self.control_handles.items()}
+        """The representation's controls as the page set them, each within the control's own range."""
+        out = {}
+        for key, handle in self.control_handles.items():
+            c, value = self.controls[key], handle.value
+            if c.kind == "slider":
+                value = bounded(value, c.min, c.max, c.default, integer=isinstance(c.default, int))
+                value = int(value) if isinstance(c.default, int) else value
+            elif c.kind == "checkbox":
+                value = bool(value)
+            elif value not in c.options:
+                value = c.default
+            out[key] = value
+        return out
 
     def render_image(self, cams, mode: str | None = None, with_depth: bool = False, empty_depth: float = 900.0):
         """The picture the viewer shows for ``cams`` (one camera) with the current settings (and,
@@ -304,9 +243,10 @@ class ViewerServer:
             g["mode"] = gui.add_dropdown("Render mode", RENDER_MODES, initial_value="rgb")
             bg = tuple(int(round(c * 255)) for c in t.background)
             g["background"] = gui.add_rgb("Background", bg)
-            g["max_res"] = gui.add_slider("Max resolution", 128, 2048, 64, 1024, hint="Longest side of a still frame, in pixels.")
+            g["max_res"] = gui.add_slider("Max resolution", MIN_STILL, MAX_STILL, 64, 1024, hint="Longest side of a still frame, in pixels.")
         self.control_handles = {}
         controls = t.model.controls()
+        self.controls = {c.key: c for c in controls}
         if controls:
             with gui.add_folder(t.model.name):
                 for c in controls:
@@ -334,7 +274,7 @@ class ViewerServer:
                 names = [f"{j}: {n}" for j, n in enumerate(t.camera_names)]
                 g["camera"] = gui.add_dropdown("Training camera", names, initial_value=names[0])
                 g["look"] = gui.add_button("Look through camera")
-                g["look"].on_click(lambda e: self.look_through(e.client, names.index(g["camera"].value)))
+                g["look"].on_click(lambda e: g["camera"].value in names and self.look_through(e.client, names.index(g["camera"].value)))
 
         with gui.add_folder("Crop", expand_by_default=False):
             lo, hi = self.center - self.radius, self.center + self.radius
@@ -346,11 +286,11 @@ class ViewerServer:
             suffixes = _scene_formats()
             first = next(iter(suffixes))
             g["crop_format"] = gui.add_dropdown("Export format", tuple(suffixes), initial_value=first, disabled=not can_export)
-            g["crop_file"] = gui.add_text("Export file", str(t.output_dir / "exports" / f"crop{suffixes[first]}"), disabled=not can_export)
-            g["crop_export"] = gui.add_button("Export crop", disabled=not can_export)
+            g["crop_export"] = gui.add_button("Export crop", disabled=not can_export,
+                                              hint="Written to exports/crop-NNN in the viewer's output folder, and downloaded.")
+            g["crop_written"] = gui.add_markdown("")
             for h in (g["crop"], g["crop_min"], g["crop_max"]):
                 h.on_update(lambda _e: self._crop_changed())
-            g["crop_format"].on_update(lambda _e: self._crop_format_changed())
             g["crop_export"].on_click(lambda e: self._run_in_thread(self.export_crop, e.client))
 
         with gui.add_folder("Camera path", expand_by_default=False):
@@ -358,24 +298,24 @@ class ViewerServer:
             g["kf_add"] = gui.add_button("Add keyframe (current view)")
             g["kf_remove"] = gui.add_button("Remove last keyframe")
             g["kf_clear"] = gui.add_button("Clear keyframes")
-            g["path_seconds"] = gui.add_number("Duration (s)", 4.0, min=0.1, max=600.0, step=0.1)
-            g["path_fps"] = gui.add_number("Frame rate", 30, min=1, max=120, step=1)
-            g["path_width"] = gui.add_number("Video width", 1280, min=16, max=8192, step=2)
-            g["path_height"] = gui.add_number("Video height", 720, min=16, max=8192, step=2)
+            g["path_seconds"] = gui.add_number("Duration (s)", 4.0, min=0.1, max=MAX_VIDEO_SECONDS, step=0.1)
+            g["path_fps"] = gui.add_number("Frame rate", 30, min=1, max=int(MAX_VIDEO_FPS), step=1)
+            g["path_width"] = gui.add_number("Video width", 1280, min=MIN_VIDEO_SIDE, max=limits.MAX_SIDE, step=2)
+            g["path_height"] = gui.add_number("Video height", 720, min=MIN_VIDEO_SIDE, max=limits.MAX_SIDE, step=2)
             g["path_loop"] = gui.add_checkbox("Loop", False)
             g["path_play"] = gui.add_button("Play")
-            g["path_file"] = gui.add_text("Path file", str(t.output_dir / "camera_path.json"))
-            g["path_save"] = gui.add_button("Save path")
-            g["path_load"] = gui.add_button("Load path")
-            g["video_file"] = gui.add_text("Video file", str(t.output_dir / "renders" / "camera_path.mp4"))
-            g["video_render"] = gui.add_button("Render video")
+            g["path_save"] = gui.add_button("Save path", hint="Written to camera_paths/path-NNN.json in the viewer's output folder, and downloaded.")
+            g["path_load"] = gui.add_upload_button("Load path", mime_type="application/json",
+                                                   hint=f"Upload a camera-path JSON file (at most {limits.MAX_FILE_BYTES >> 10} KiB).")
+            g["video_render"] = gui.add_button("Render video", hint="Written to renders/path-NNN.mp4 in the viewer's output folder.")
             g["video_progress"] = gui.add_progress_bar(0.0, visible=False)
-            g["kf_add"].on_click(lambda e: self.add_keyframe(e.client))
+            g["path_written"] = gui.add_markdown("")
+            g["kf_add"].on_click(lambda e: self._guarded(e.client, lambda: self.add_keyframe(e.client)))
             g["kf_remove"].on_click(lambda _e: self._set_keyframes(self.path.keyframes[:-1]))
             g["kf_clear"].on_click(lambda _e: self._set_keyframes([]))
             g["path_play"].on_click(lambda _e: self.toggle_play())
-            g["path_save"].on_click(lambda e: self._guarded(e.client, lambda: self.save_path(Path(g["path_file"].value))))
-            g["path_load"].on_click(lambda e: self._guarded(e.client, lambda: self.load_path(Path(g["path_file"].value))))
+            g["path_save"].on_click(lambda e: self._guarded(e.client, lambda: self.save_path(e.client)))
+            g["path_load"].on_upload(lambda e: self._guarded(e.client, lambda: self.load_path(e.target.value.name, e.target.value.content, e.client)))
             g["video_render"].on_click(lambda e: self._run_in_thread(self.render_video, e.client))
             for h in (g["path_seconds"], g["path_fps"], g["path_width"], g["path_height"], g["path_loop"]):
                 h.on_update(lambda _e: self._sync_path_settings())
@@ -436,50 +376,98 @@ class ViewerServer:
             )
         self.invalidate()
 
-    def _crop_format_changed(self) -> None:
-        fmt = self.gui["crop_format"].value
-        current = Path(self.gui["crop_file"].value)
-        stem = current.name
-        suffixes = _scene_formats()
-        for suffix in sorted(suffixes.values(), key=len, reverse=True):
-            if stem.endswith(suffix):
-                stem = stem[: -len(suffix)]
-                break
-        self.gui["crop_file"].value = str(current.with_name(stem + suffixes[fmt]))
-
     def export_crop(self, client=None) -> Path:
-        """Writes the Gaussians inside the crop box (all of them when cropping is off), in the input frame."""
+        """Writes the Gaussians inside the crop box (all of them when cropping is off), in the input
+        frame, to a new ``exports/crop-NNN`` file in the output folder."""
         from scene3d.export.formats import get_format
 
-        path = Path(self.gui["crop_file"].value)
+        suffixes = _scene_formats()
         fmt = self.gui["crop_format"].value
-        with self.lock:
-            gaussians = self.target.model.to_gaussians(crop=self.crop_box())
-        if gaussians is None:
-            raise ValueError(f"the {self.target.model.name} representation cannot be baked to Gaussians")
-        params = {k: v.cpu() for k, v in gaussians.params().items()}
-        if params["means"].shape[0] == 0:
-            raise ValueError("the crop box holds no Gaussians")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        get_format(fmt).write(path, params, transform=self.target.to_input)
-        if client is not None:
-            client.add_notification("Crop exported", f"{params['means'].shape[0]:,} Gaussians -> {path}", auto_close_seconds=6.0)
+        if fmt not in suffixes:
+            raise ValueError(f"unknown export format {str(fmt)[:40]!r}")
+        if not self._writing.acquire(blocking=False):
+            raise ValueError("a video or an export is being written already")
+        try:
+            with self.lock:
+                gaussians = self.target.model.to_gaussians(crop=self.crop_box())
+            if gaussians is None:
+                raise ValueError(f"the {self.target.model.name} representation cannot be baked to Gaussians")
+            params = {k: v.cpu() for k, v in gaussians.params().items()}
+            if params["means"].shape[0] == 0:
+                raise ValueError("the crop box holds no Gaussians")
+            write = get_format(fmt).write
+            path = self._write_new(self.output_dir / "exports", "crop", suffixes[fmt], lambda p: write(p, params, transform=self.target.to_input))
+        finally:
+            self._writing.release()
+        self._delivered(client, path, "crop_written", "Crop exported", f"{params['means'].shape[0]:,} Gaussians")
         return path
+
+    def _write_new(self, folder: Path, stem: str, suffix: str, write) -> Path:
+        """Writes a new file under a server-made name (never an existing one); a failed write
+        leaves no file behind."""
+        path = new_output_file(folder, stem, suffix)
+        try:
+            write(path)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        log.info("viewer wrote %s", path)
+        print(f"scene3d view: wrote {path}")
+        return path
+
+    def _shown_name(self, path: Path) -> str:
+        """How the page names a file it caused: the output folder's name and the path inside it
+        (the folder's place on this machine is not the page's business)."""
+        return f"{self.output_dir.name}/{path.relative_to(self.output_dir).as_posix()}"
+
+    def _delivered(self, client, path: Path, board: str, title: str, what: str) -> None:
+        """Tells the page where a new file went, and sends it as a download when it is small."""
+        shown = self._shown_name(path)
+        self.gui[board].content = f"Last written: `{shown}` (in the viewer's output folder)"
+        if client is None:
+            return
+        size = path.stat().st_size
+        sent = size <= DOWNLOAD_LIMIT
+        if sent:
+            client.send_file_download(path.name, path.read_bytes())
+        note = " and sent as a download" if sent else ""
+        client.add_notification(title, f"{what} -> {shown} on the server{note}", auto_close_seconds=8.0)
 
     # ------------------------------------------------------------------ camera paths
     def add_keyframe(self, client) -> None:
-        cam = client.camera
-        c2w = transform_c2w(pose_c2w(cam.wxyz, cam.position), self.target.to_input)
-        key = Keyframe(c2w[:3, 3].copy(), matrix_to_quat(c2w[:3, :3]), math.degrees(float(cam.fov)))
+        if len(self.path.keyframes) >= limits.MAX_KEYFRAMES:
+            raise ValueError(f"a camera path holds at most {limits.MAX_KEYFRAMES} keyframes")
+        pose = browser_pose(client.camera)
+        if pose is None:
+            raise ValueError("the browser's camera is not a finite pose")
+        wxyz, position, fov = pose
+        c2w = transform_c2w(pose_c2w(wxyz, position), self.target.to_input)
+        if not np.isfinite(c2w).all():
+            raise ValueError("the browser's camera is not a finite pose")
+        key = Keyframe(c2w[:3, 3].copy(), matrix_to_quat(c2w[:3, :3]), math.degrees(fov))
         self._set_keyframes([*self.path.keyframes, key])
 
     def _sync_path_settings(self) -> None:
+        """Reads the path's settings from the page within the camera-path ceilings (the total frame
+        count included, by shortening the duration) and shows the page the values used."""
+        with self._path_lock:  # the page's updates arrive on several threads
+            self._sync_path_settings_locked()
+
+    def _sync_path_settings_locked(self) -> None:
         g = self.gui
-        self.path.seconds = float(g["path_seconds"].value)
-        self.path.fps = float(g["path_fps"].value)
-        self.path.width = int(g["path_width"].value)
-        self.path.height = int(g["path_height"].value)
+        raw = {key: g[key].value for key in ("path_fps", "path_seconds", "path_width", "path_height")}
+        fps = bounded(raw["path_fps"], limits.MIN_FPS, MAX_VIDEO_FPS, 30, integer=True)
+        seconds = bounded(raw["path_seconds"], 0.1, MAX_VIDEO_SECONDS, 4.0)
+        seconds = min(seconds, limits.MAX_FRAMES / fps)
+        width = 2 * int(bounded(raw["path_width"], MIN_VIDEO_SIDE, limits.MAX_SIDE, 1280, integer=True) // 2)
+        height = 2 * int(bounded(raw["path_height"], MIN_VIDEO_SIDE, limits.MAX_SIDE, 720, integer=True) // 2)
+        self.path.seconds, self.path.fps, self.path.width, self.path.height = seconds, fps, width, height
         self.path.loop = bool(g["path_loop"].value)
+        for key, value in (("path_fps", int(fps)), ("path_seconds", seconds), ("path_width", width), ("path_height", height)):
+            # only a value this call read (a newer one from the page gets its own call); this
+            # calls the method again, with nothing left to change
+            if raw[key] != value and g[key].value is raw[key]:
+                g[key].value = value
         self._draw_path()
 
     def _set_keyframes(self, keys: list[Keyframe]) -> None:
@@ -488,6 +476,10 @@ class ViewerServer:
         self._draw_path()
 
     def _draw_path(self) -> None:
+        with self._path_lock:
+            self._draw_path_locked()
+
+    def _draw_path_locked(self) -> None:
         for node in self.path_nodes:
             node.remove()
         self.path_nodes = []
@@ -507,19 +499,28 @@ class ViewerServer:
                 pts = np.concatenate([pts, pts[:1]])
             self.path_nodes.append(scene.add_spline_catmull_rom("/camera_path/spline", pts, color=(230, 80, 40), thickness=0.01 * self.radius))
 
-    def save_path(self, path: Path) -> Path:
+    def save_path(self, client=None) -> Path:
+        """Writes the camera path to a new ``camera_paths/path-NNN.json`` in the output folder."""
         self._sync_path_settings()
         if not self.path.keyframes:
             raise ValueError("add at least one keyframe first")
-        return self.path.save(path)
+        path = self._write_new(self.output_dir / "camera_paths", "path", ".json", self.path.save)
+        self._delivered(client, path, "path_written", "Camera path saved", f"{len(self.path.keyframes)} keyframes")
+        return path
 
-    def load_path(self, path: Path) -> None:
-        loaded = CameraPath.load(path)
+    def load_path(self, name: str, content: bytes, client=None) -> None:
+        """Takes a camera path uploaded by the page (checked like any camera-path file; ``name``,
+        the browser's file name, only names it in messages)."""
+        shown = Path(str(name)[:200]).name or "uploaded camera path"
+        loaded = CameraPath.parse(content, shown)
         g = self.gui
-        g["path_seconds"].value, g["path_fps"].value = loaded.seconds, loaded.fps
+        g["path_seconds"].value, g["path_fps"].value = min(loaded.seconds, MAX_VIDEO_SECONDS), min(loaded.fps, MAX_VIDEO_FPS)
         g["path_width"].value, g["path_height"].value, g["path_loop"].value = loaded.width, loaded.height, loaded.loop
         self.path = loaded
         self._set_keyframes(loaded.keyframes)
+        self._sync_path_settings()
+        if client is not None:
+            client.add_notification("Camera path loaded", f"{len(loaded.keyframes)} keyframes from {shown}", auto_close_seconds=6.0)
 
     def toggle_play(self) -> None:
         if self._playing.is_set():
@@ -555,29 +556,35 @@ class ViewerServer:
             self.gui["path_play"].label = "Play"
 
     def render_video(self, client=None) -> Path:
-        """Renders the camera path to the video file with the current render settings."""
+        """Renders the camera path to a new ``renders/path-NNN.mp4`` in the output folder with the
+        current render settings (one video at a time)."""
         from scene3d.render import write_video
 
         self._sync_path_settings()
         if not self.path.keyframes:
             raise ValueError("add at least one keyframe first")
-        out = Path(self.gui["video_file"].value)
-        cams = self.path.cameras(self.target.to_model)
-        bar = self.gui["video_progress"]
-        bar.visible, bar.value = True, 0.0
-        n = len(cams)
-
-        def frames():
-            for i in range(n):
-                yield self.render_image(cams[i])
-                bar.value = 100.0 * (i + 1) / n
-
+        if not self._writing.acquire(blocking=False):
+            raise ValueError("a video or an export is being written already")
         try:
-            write_video(frames(), out, fps=int(round(self.path.fps)))
+            cams = self.path.cameras(self.target.to_model)
+            bar = self.gui["video_progress"]
+            bar.visible, bar.value = True, 0.0
+            n = len(cams)
+
+            def frames():
+                for i in range(n):
+                    if self._stopped:
+                        raise RuntimeError("the viewer stopped")
+                    yield self.render_image(cams[i])
+                    bar.value = 100.0 * (i + 1) / n
+
+            try:
+                out = self._write_new(self.output_dir / "renders", "path", ".mp4", lambda p: write_video(frames(), p, fps=int(round(self.path.fps))))
+            finally:
+                bar.visible = False
         finally:
-            bar.visible = False
-        if client is not None:
-            client.add_notification("Video written", f"{n} frames -> {out}", auto_close_seconds=6.0)
+            self._writing.release()
+        self._delivered(client, out, "path_written", "Video written", f"{n} frames")
         return out
 
     # ------------------------------------------------------------------ live training
@@ -601,7 +608,7 @@ class ViewerServer:
     # ------------------------------------------------------------------ clients
     def _connect(self, client) -> None:
         with self._clients_lock:
-            self.clients[client.client_id] = _ClientRenderer(self, client)
+            self.clients[client.client_id] = ClientRenderer(self, client)
 
     def _disconnect(self, client) -> None:
         with self._clients_lock:
@@ -629,12 +636,24 @@ def start_live_viewer(trainer, host: str = "127.0.0.1", port: int = 8080) -> Vie
     info = {"run": trainer.run_dir.name, "model": trainer.spec.model, "strategy": trainer.spec.strategy}
     target = ViewTarget(trainer.model, trainer.run_dir, "run", np.linalg.inv(np.asarray(ds.transform, dtype=np.float64)), output_dir=trainer.run_dir, info=info)
     attach_cameras(target, ds, background_mode=trainer.cfg.background_mode)
-    return ViewerServer(target, host=host, port=port, device=trainer.device, live=True)
+    viewer = ViewerServer(target, host=host, port=port, device=trainer.device, live=True)
+    notice = network_notice(viewer)
+    if notice:
+        print(notice)
+    return viewer
 
 
-def view_command(target_path: Path, host: str = "127.0.0.1", port: int = 8080, device: str = "auto", up: str = "auto") -> None:
+def network_notice(viewer: ViewerServer) -> str | None:
+    """What a listener on the network can and cannot do, for a viewer on a non-loopback host."""
+    if is_loopback(viewer.host):
+        return None
+    return NETWORK_NOTICE.format(host=viewer.host or "every interface", port=viewer.port, output=viewer.output_dir)
+
+
+def view_command(target_path: Path, host: str = "127.0.0.1", port: int = 8080, device: str = "auto", up: str = "auto", output_dir: Path | None = None) -> None:
     """``scene3d view``: checks and loads the target first, then serves it until Ctrl+C."""
     from rich.console import Console
+    from rich.markup import escape
 
     from scene3d.device import pick_device
     from scene3d.viewer.target import load_target
@@ -643,12 +662,14 @@ def view_command(target_path: Path, host: str = "127.0.0.1", port: int = 8080, d
     target = load_target(Path(target_path), dev)
     if up != "auto":
         target.up = up
-    viewer = ViewerServer(target, host=host, port=port, device=dev)
+    viewer = ViewerServer(target, host=host, port=port, device=dev, output_dir=output_dir)
     console = Console()
     try:
-        console.print(f"[bold]scene3d view[/]: {target.source} ({target.kind}) at [link]{viewer.url}[/link]  (Ctrl+C to stop)")
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            console.print(f"listening on {host}: anyone who can reach this machine on port {viewer.port} can see the scene")
+        console.print(f"[bold]scene3d view[/]: {escape(str(target.source))} ({target.kind}) at [link]{viewer.url}[/link]  (Ctrl+C to stop)")
+        console.print(f"exports, camera paths and videos from the page go to {escape(str(viewer.output_dir))}", highlight=False)
+        notice = network_notice(viewer)
+        if notice:
+            console.print(escape(notice), highlight=False)
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:
