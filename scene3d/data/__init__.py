@@ -56,4 +56,5 @@ def load_dataset(root: str | Path, cfg: DataConfig | None = None, format: str | 
     }.get(fmt)
     if read is None:
         raise DataError(root, f"unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
-    return finalize(read(root), cfg or DataConfig())
+    cfg = cfg or DataConfig()
+    return finalize(read(root, allow_outside=bool(cfg.allow_outside_paths)), cfg)

@@ -114,7 +114,8 @@ class SceneDataset:
 
     def image_uint8(self, i: int) -> np.ndarray:
         """Image i as stored: uint8 [H, W, 3 or 4], at the loaded resolution."""
-        return _load_cached(self.image_paths[i], self._size(i))
+        path = self.image_paths[i]
+        return _load_cached(path, self._size(i), imio.source_stamp(path))
 
     def image(self, i: int, background=None) -> torch.Tensor:
         """Image i as float RGB in [0, 1], [H, W, 3]; RGBA is composited on ``background`` (a colour
@@ -145,7 +146,8 @@ def composite(rgba: torch.Tensor, background) -> torch.Tensor:
 
 
 @lru_cache(maxsize=64)
-def _load_cached(path: Path, size: tuple[int, int]) -> np.ndarray:
+def _load_cached(path: Path, size: tuple[int, int], stamp: str) -> np.ndarray:
+    """Decoded pixels, reused while the file keeps its ``stamp`` (size and modification time)."""
     arr = imio.read_image(path, size)
     arr.setflags(write=False)
     return arr
