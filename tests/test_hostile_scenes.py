@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import struct
+import subprocess
+import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ import torch
 
 from scene3d.cameras import opengl_to_opencv_c2w, rigid_inverse
 from scene3d.data import DataConfig, load_dataset
+from scene3d.data import images as imio
 from scene3d.errors import DataError
 from scene3d.geometry import matrix_to_quat
 from test_readers import ring_poses
@@ -307,3 +311,203 @@ def test_declared_size_must_match_the_image_or_a_shrunk_copy(tmp_path, w, h, ok)
 
 def test_colmap_declared_size_mismatch_is_refused(tmp_path):
     refused(colmap_scene(tmp_path, "bin", mutate=_cam(2, w=40)), "2.png", "is 32x24, but its camera declares 40x24")
+
+
+# ---------------------------------------------------------------------- paths outside the scene folder
+def test_transforms_path_outside_the_scene_is_refused_before_it_is_opened(tmp_path):
+    root = nerfstudio_scene(tmp_path / "scene", mutate=_frame("file_path", "../../../etc/passwd"))
+    refused(root, "transforms.json", "frame 2 (../../../etc/passwd)", "outside the scene folder", "--allow-outside-paths")
+
+
+def test_outside_image_allowed_only_with_the_flag(tmp_path):
+    write_images(tmp_path / "elsewhere", ["x.png"], seed=3)
+    root = nerfstudio_scene(tmp_path / "scene", mutate=_frame("file_path", "../elsewhere/x.png"))
+    refused(root, "frame 2 (../elsewhere/x.png)", "outside the scene folder")
+    ds = load_dataset(root, DataConfig(allow_outside_paths=True))
+    assert ds.source_paths[2].resolve() == (tmp_path / "elsewhere" / "x.png").resolve()
+
+
+def test_symlink_inside_the_scene_pointing_outside_is_refused(tmp_path):
+    write_images(tmp_path / "elsewhere", ["x.png"], seed=3)
+    root = nerfstudio_scene(tmp_path / "scene")
+    (root / "images" / "1.png").unlink()
+    (root / "images" / "1.png").symlink_to(tmp_path / "elsewhere" / "x.png")
+    refused(root, "frame 1 (images/1.png)", "outside the scene folder")
+    assert len(load_dataset(root, DataConfig(allow_outside_paths=True))) == 4
+
+
+def test_mask_and_point_cloud_outside_are_refused(tmp_path):
+    root = nerfstudio_scene(tmp_path / "a", mutate=_frame("mask_path", "../../m.png"))
+    refused(root, "frame 2 (images/2.png)", "outside the scene folder")
+    root = nerfstudio_scene(tmp_path / "b", mutate=lambda d: d.update(ply_file_path="/etc/passwd"))
+    refused(root, "ply_file_path", "outside the scene folder")
+
+
+@pytest.mark.parametrize("kind", ["bin", "txt"])
+def test_colmap_image_name_outside_is_refused(tmp_path, kind):
+    root = colmap_scene(tmp_path / "scene", kind, mutate=_img(name="../../../etc/passwd"))
+    refused(root, f"images.{kind}", "image '../../../etc/passwd'", "outside the scene folder")
+
+
+def test_llff_image_symlinked_outside_is_refused(tmp_path):
+    write_images(tmp_path / "elsewhere", ["x.png"], seed=3)
+    root = llff_scene(tmp_path / "scene")
+    (root / "images" / "img_3.png").unlink()
+    (root / "images" / "img_3.png").symlink_to(tmp_path / "elsewhere" / "x.png")
+    refused(root, "image 'img_3.png'", "outside the scene folder")
+    assert len(load_dataset(root, DataConfig(allow_outside_paths=True))) == 4
+
+
+# ---------------------------------------------------------------------- images
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def write_png16(path: Path, pixels: np.ndarray) -> None:
+    """A 16-bit PNG written by hand (PIL writes 16-bit greyscale only): [H, W] grey or [H, W, 3] RGB."""
+    h, w = pixels.shape[:2]
+    colour = 2 if pixels.ndim == 3 else 0
+    rows = pixels.astype(">u2").reshape(h, -1)
+    raw = b"".join(b"\0" + row.tobytes() for row in rows)
+    header = struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(raw)) + _png_chunk(b"IEND", b""))
+
+
+def test_16bit_grey_png_decodes_to_the_right_values(tmp_path):
+    values = np.linspace(0, 65535, W * H).round().astype(np.uint16).reshape(H, W)
+    root = nerfstudio_scene(tmp_path)
+    write_png16(root / "images" / "1.png", values)
+    ds = load_dataset(root)
+    img = ds.image(ds.names.index("images/1.png"))
+    expected = torch.from_numpy(values.astype(np.float64) / 65535).float()
+    assert img.shape == (H, W, 3)
+    assert (img - expected[..., None]).abs().max() <= 0.5 / 255 + 1e-6  # exact to 8-bit rounding
+    assert float(img.min()) == 0.0 and float(img.max()) == 1.0
+
+
+def test_16bit_rgb_png_decodes_to_the_right_values(tmp_path):
+    rng = np.random.default_rng(5)
+    values = rng.integers(0, 65536, (H, W, 3)).astype(np.uint16)
+    write_png16(tmp_path / "rgb16.png", values)
+    arr = imio.read_image(tmp_path / "rgb16.png")
+    assert arr.shape == (H, W, 3) and arr.dtype == np.uint8
+    assert np.abs(arr - values / 257.0).max() <= 1.0  # the top 8 bits: within one step of exact
+
+
+def test_float_tiff_decodes_to_the_right_values_and_out_of_range_floats_are_refused(tmp_path):
+    from PIL import Image
+
+    values = np.linspace(0, 1, W * H, dtype=np.float32).reshape(H, W)
+    Image.fromarray(values).save(tmp_path / "f.tif")
+    arr = imio.read_image(tmp_path / "f.tif")
+    assert arr.shape == (H, W, 3) and np.abs(arr[..., 0] - values * 255).max() <= 0.5 + 1e-3
+    Image.fromarray(values * 300).save(tmp_path / "hdr.tif")
+    with pytest.raises(DataError, match=r"hdr.tif: holds floating-point pixel values from 0 to 300"):
+        imio.read_image(tmp_path / "hdr.tif")
+    values[3, 4] = np.nan
+    Image.fromarray(values).save(tmp_path / "nan.tif")
+    with pytest.raises(DataError, match=r"nan.tif: holds non-finite floating-point pixel values"):
+        imio.read_image(tmp_path / "nan.tif")
+    Image.fromarray(np.full((H, W), 100000, np.int32)).save(tmp_path / "i32.tif")
+    with pytest.raises(DataError, match=r"i32.tif: holds I pixel values outside 0..65535"):
+        imio.read_image(tmp_path / "i32.tif")
+
+
+def write_png_header(path: Path, width: int, height: int) -> None:
+    """A PNG that declares ``width`` x ``height`` one-bit pixels (the pixel data is never reached)."""
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _png_chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("width, height", [(20000, 10000), (12000, 11000), (70000, 10)])
+def test_huge_image_is_refused_with_the_pixel_ceiling(tmp_path, width, height):
+    write_png_header(tmp_path / "big.png", width, height)
+    for read in (imio.image_size, imio.read_image):
+        with pytest.raises(DataError, match=r"big.png: .*120,000,000"):
+            read(tmp_path / "big.png")
+    root = nerfstudio_scene(tmp_path / "scene", mutate=lambda d: [d.pop(k) for k in ("w", "h", "fl_x", "fl_y", "cx", "cy")] + [d.update(camera_angle_x=1.0)])
+    write_png_header(root / "images" / "0.png", width, height)
+    refused(root, "0.png", "120,000,000")
+
+
+def test_replaced_image_refreshes_its_cached_copies(tmp_path):
+    from PIL import Image
+
+    root = nerfstudio_scene(tmp_path)
+    first = load_dataset(root, DataConfig(downscale=2))
+    old = first.image(0).clone()
+    in_memory = load_dataset(root)
+    in_memory.image(0)
+    Image.fromarray(np.full((H, W, 3), 77, np.uint8)).save(root / "images" / "0.png")  # another size on disk, too
+    second = load_dataset(root, DataConfig(downscale=2))
+    assert second.image_paths[0] != first.image_paths[0] and not first.image_paths[0].exists()
+    assert torch.all(second.image(0) == 77 / 255) and not torch.all(old == 77 / 255)
+    assert torch.all(in_memory.image(0) == 77 / 255)  # the decoded-image cache sees the change too
+    assert second.image_paths[1] == first.image_paths[1]  # unchanged photos keep their copies
+
+
+# ---------------------------------------------------------------------- former tracebacks, through the CLI
+def _points_txt_colour_300(root: Path) -> None:
+    colmap_scene(root, "txt", mutate=lambda m: m["points"][3].update(rgb=[300, 0, 0]))
+
+
+def _nested_json(root: Path) -> None:
+    nerfstudio_scene(root)
+    (root / "transforms.json").write_text('{"frames": ' + "[" * 100_000 + "]" * 100_000 + "}")
+
+
+def _bin_count(name: str, offset: int):
+    def build(root: Path) -> None:
+        colmap_scene(root, "bin")
+        f = root / "sparse" / "0" / name
+        data = bytearray(f.read_bytes())
+        data[offset : offset + 8] = struct.pack("<Q", 2**62)
+        f.write_bytes(bytes(data))
+    return build
+
+
+TRACEBACKS = [
+    ("colmap NaN quaternion", lambda r: colmap_scene(r, "bin", mutate=_img(q=[NAN] * 4)), ("images.bin", "image '2.png'", "non-finite rotation quaternion")),
+    ("colmap zero quaternion", lambda r: colmap_scene(r, "txt", mutate=_img(q=[0, 0, 0, 0])), ("images.txt", "image '2.png'", "zero rotation quaternion")),
+    ("points3D colour 300", _points_txt_colour_300, ("points3D.txt", "point 4", "colour 300 0 0")),
+    ("w abc", lambda r: nerfstudio_scene(r, mutate=lambda d: d.update(w="abc")), ("transforms.json", "frame 0", "w 'abc'")),
+    ("fl_x abc", lambda r: nerfstudio_scene(r, mutate=lambda d: d.update(fl_x="abc")), ("transforms.json", "frame 0", "fl_x 'abc'")),
+    ("camera_angle_x wide", lambda r: nerfstudio_scene(r, mutate=lambda d: [d.pop("fl_x"), d.pop("fl_y"), d.update(camera_angle_x="wide")]), ("transforms.json", "frame 0", "camera_angle_x 'wide'")),
+    ("train_filenames 5", lambda r: nerfstudio_scene(r, mutate=lambda d: d.update(train_filenames=5)), ("transforms.json", "train_filenames 5", "list of file names")),
+    ("nested JSON", _nested_json, ("transforms.json", "nested too deeply")),
+    ("blender camera_angle_x 0", lambda r: blender_scene(r, mutate=lambda d: d.update(camera_angle_x=0)), ("transforms_train.json", "frame 0", "camera_angle_x 0")),
+    ("empty LLFF", lambda r: llff_scene(r, mutate=lambda rows: rows[:0]), ("poses_bounds.npy", "holds no poses")),
+    ("string LLFF", lambda r: llff_scene(r, mutate=lambda rows: np.array("poses")), ("poses_bounds.npy", "holds <U5 values")),
+    ("cameras.bin count", _bin_count("cameras.bin", 0), ("cameras.bin", "claims 4611686018427387904 cameras")),
+    ("images.bin count", _bin_count("images.bin", 0), ("images.bin", "claims 4611686018427387904 images")),
+    ("2D points count", _bin_count("images.bin", 8 + 64 + len("0.png") + 1), ("images.bin", "claims 4611686018427387904 2D points")),
+    ("points3D.bin count", _bin_count("points3D.bin", 0), ("points3D.bin", "claims 4611686018427387904 points")),
+]
+
+
+@pytest.mark.parametrize("build, fragments", [c[1:] for c in TRACEBACKS], ids=[c[0] for c in TRACEBACKS])
+def test_former_traceback_is_one_sentence_and_status_2(tmp_path, capsys, build, fragments):
+    build(tmp_path)
+    line = cli_error(capsys, "info", str(tmp_path))
+    for f in fragments:
+        assert f in line, (f, line)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "scene3d", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_refuses_hostile_scenes_in_a_fresh_process(tmp_path):
+    """Through the real entry point: one `scene3d: error:` line, status 2, no traceback; the flag
+    lets a trusted scene reach outside its folder."""
+    write_images(tmp_path / "elsewhere", ["x.png"], seed=3)
+    outside = nerfstudio_scene(tmp_path / "outside", mutate=_frame("file_path", "../elsewhere/x.png"))
+    nan_quat = colmap_scene(tmp_path / "nanq", "bin", mutate=_img(q=[NAN] * 4))
+    for root, fragment in ((outside, "outside the scene folder"), (nan_quat, "non-finite rotation quaternion")):
+        r = run_cli("info", str(root))
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and "Traceback" not in r.stderr and len(lines) == 1, r.stderr
+        assert lines[0].startswith("scene3d: error: ") and fragment in lines[0]
+    r = run_cli("info", str(outside), "--allow-outside-paths", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["num_cameras"] == 4
