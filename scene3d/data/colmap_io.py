@@ -225,6 +225,8 @@ def read_images_txt(path: Path) -> dict[int, ColmapImage]:
         def one(i=i):
             f = lines[i].split()
             obs = np.array([float(v) for v in lines[i + 1].split()]).reshape(-1, 3)
+            if not np.isfinite(obs[:, 2]).all() or np.abs(obs[:, 2]).max(initial=0) >= 2**63:
+                raise ValueError("a point id is not an integer")
             return ColmapImage(
                 int(f[0]),
                 np.array([float(v) for v in f[1:5]]),

@@ -185,7 +185,7 @@ def _intrinsics(spec: dict, path: Path, image: Path, where: str) -> tuple[Camera
     else:
         w, h = imio.image_size(image)
     num = lambda key, **kw: validate.real(path, where, key, spec[key], **kw) if key in spec else None  # noqa: E731
-    fx, fy = num("fl_x", positive=True), num("fl_y", positive=True)
+    fx, fy = num("fl_x", minimum=validate.MIN_FOCAL), num("fl_y", minimum=validate.MIN_FOCAL)
     if fx is None and "camera_angle_x" in spec:
         fx = 0.5 * w / math.tan(0.5 * _angle(path, where, "camera_angle_x", spec["camera_angle_x"]))
     if fy is None and "camera_angle_y" in spec:
@@ -383,7 +383,10 @@ def _load_poses_bounds(path: Path) -> np.ndarray:
             header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
             if header is None:
                 raise DataError(path, f"is a .npy file of version {version[0]}.{version[1]}, which scene3d does not read (save it with numpy.save)")
-            shape, _, dtype = header(f)
+            try:
+                shape, _, dtype = header(f)
+            except Exception as e:  # numpy's header parser raises ValueError, SyntaxError, tokenize errors...
+                raise DataError(path, f"has an unreadable .npy header ({type(e).__name__})") from None
             size = path.stat().st_size
         if dtype.hasobject:
             raise DataError(path, "holds Python objects, which scene3d never unpickles")

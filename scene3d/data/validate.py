@@ -22,7 +22,11 @@ MAX_IMAGE_PIXELS = 120_000_000
 """Most pixels in one image (120 Mpx: above any camera sensor, below Pillow's 179 Mpx bomb limit)."""
 MAX_JSON_BYTES = 64 * 1024 * 1024
 """Largest transforms*.json read (a 10,000-frame scene needs about 10 MB)."""
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_MAGNITUDE = 1e12
+"""Largest magnitude of a camera number (pixels, coordinates, distortion): beyond it float32
+maths in training overflows (squares reach 1e24 of float32's 3e38)."""
+MIN_FOCAL = 1e-3
+"""Smallest focal length accepted, in pixels (smaller ones underflow or blow up ray directions)."""
 ROTATION_TOLERANCE = 1e-2
 """How far a pose's rotation block may be from orthonormal (|R^T R - I|, largest entry)."""
 
@@ -35,14 +39,18 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def real(path: Path, where: str, field: str, value, *, positive: bool = False) -> float:
-    """A JSON value as a finite float (positive when asked); the error names ``where`` and ``field``."""
+def real(path: Path, where: str, field: str, value, *, positive: bool = False, minimum: float | None = None) -> float:
+    """A JSON or file value as a finite float of magnitude at most :data:`MAX_MAGNITUDE` (positive,
+    or at least ``minimum``, when asked); the error names ``where`` and ``field``."""
     ok = _is_number(value)
     if ok:
         v = float(value) if not isinstance(value, numbers.Integral) or abs(value) < 10**300 else math.inf
-        ok = math.isfinite(v) and abs(v) <= _FLOAT32_MAX and (v > 0 or not positive)
+        ok = math.isfinite(v) and abs(v) <= MAX_MAGNITUDE and (v > 0 or not positive) and (minimum is None or v >= minimum)
     if not ok:
-        need = "a finite positive number" if positive else "a finite number"
+        if minimum is not None:
+            need = f"a finite number from {minimum:g} to {MAX_MAGNITUDE:g}"
+        else:
+            need = f"a finite {'positive ' if positive else ''}number no larger than {MAX_MAGNITUDE:g} in magnitude"
         raise DataError(path, f"{where} has {field} {_show(value)}, but it must be {need}")
     return v
 
@@ -69,7 +77,7 @@ def check_camera(path: Path, where: str, fx, fy, cx, cy, dist, width, height) ->
     if width * height > MAX_IMAGE_PIXELS:
         raise DataError(path, f"{where} declares a {width}x{height} image, more than the {MAX_IMAGE_PIXELS:,}-pixel ceiling")
     for field, v in (("fx", fx), ("fy", fy)):
-        real(path, where, f"focal length {field}", float(v), positive=True)
+        real(path, where, f"focal length {field}", float(v), minimum=MIN_FOCAL)
     for field, v in (("cx", cx), ("cy", cy)):
         real(path, where, f"principal point {field}", float(v))
     for k, v in enumerate(dist):
@@ -78,15 +86,18 @@ def check_camera(path: Path, where: str, fx, fy, cx, cy, dist, width, height) ->
 
 def check_rotation(path: Path, where: str, field: str, R: np.ndarray, t: np.ndarray) -> None:
     """A pose must be finite and its 3x3 block a proper rotation (rigid poses are inverted by transposing)."""
-    if not (np.isfinite(R).all() and np.isfinite(t).all() and np.abs(t).max(initial=0) <= _FLOAT32_MAX):
+    if not (np.isfinite(R).all() and np.isfinite(t).all()):
         raise DataError(path, f"{where} has a {field} with non-finite entries")
-    det = float(np.linalg.det(R))
+    if np.abs(t).max(initial=0) > MAX_MAGNITUDE:
+        raise DataError(path, f"{where} has a {field} whose translation {t.tolist()} exceeds {MAX_MAGNITUDE:g} in magnitude")
+    with np.errstate(all="ignore"):  # huge finite entries overflow to inf, which the checks refuse
+        det = float(np.linalg.det(R))
+        deviation = float(np.abs(R.T @ R - np.eye(3)).max())
     if abs(det) < 1e-6:
         raise DataError(path, f"{where} has a singular {field} (its rotation has determinant {det:.3g})")
     if det < 0:
         raise DataError(path, f"{where} has a mirrored {field} (its rotation has determinant {det:.3g})")
-    deviation = float(np.abs(R.T @ R - np.eye(3)).max())
-    if deviation > ROTATION_TOLERANCE:
+    if not deviation <= ROTATION_TOLERANCE:
         raise DataError(path, f"{where} has a {field} whose rotation is not orthonormal (off by {deviation:.3g}); scene3d needs rigid camera poses")
 
 
@@ -96,8 +107,10 @@ def check_quaternion(path: Path, where: str, q: np.ndarray, t: np.ndarray) -> No
         raise DataError(path, f"{where} has a non-finite rotation quaternion {q.tolist()}")
     if float(np.linalg.norm(q)) < 1e-8:
         raise DataError(path, f"{where} has a zero rotation quaternion")
-    if not (np.isfinite(t).all() and np.abs(t).max() <= _FLOAT32_MAX):
+    if not np.isfinite(t).all():
         raise DataError(path, f"{where} has a non-finite translation {t.tolist()}")
+    if np.abs(t).max() > MAX_MAGNITUDE:
+        raise DataError(path, f"{where} has a translation {t.tolist()} that exceeds {MAX_MAGNITUDE:g} in magnitude")
 
 
 def inside(root: Path, path: Path, allow_outside: bool, source: Path, where: str) -> Path:
