@@ -511,3 +511,27 @@ def test_cli_refuses_hostile_scenes_in_a_fresh_process(tmp_path):
     r = run_cli("info", str(outside), "--allow-outside-paths", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["num_cameras"] == 4
+
+
+def test_replaced_image_refreshes_its_undistorted_copy(tmp_path):
+    from PIL import Image
+
+    from scene3d.data.undistort import undistort_dataset
+
+    root = nerfstudio_scene(tmp_path, mutate=lambda d: d.update(k1=0.05))
+    first = undistort_dataset(load_dataset(root))
+    assert first.meta["undistorted"] == 4 and not torch.all(first.image(0) == 77 / 255)
+    Image.fromarray(np.full((H, W, 3), 77, np.uint8)).save(root / "images" / "0.png")
+    second = undistort_dataset(load_dataset(root))
+    assert second.image_paths[0] != first.image_paths[0] and second.image_paths[1] == first.image_paths[1]
+    assert torch.all(second.image(0) == 77 / 255)
+
+
+def test_the_outside_paths_flag_is_kept_in_a_run_config():
+    from scene3d.models.base import config_fields
+    from scene3d.runs import data_config
+
+    assert DataConfig().allow_outside_paths is False
+    saved = config_fields(DataConfig(allow_outside_paths=True))
+    assert saved["allow_outside_paths"] is True and data_config(saved).allow_outside_paths is True
+    assert data_config({k: v for k, v in saved.items() if k != "allow_outside_paths"}).allow_outside_paths is False  # runs saved before the flag

@@ -22,5 +22,4 @@ class DataConfig:
     load_masks: bool = True
     """Use per-image masks when the dataset provides them."""
     allow_outside_paths: bool = False
-    """Let a scene's files (images, masks, point clouds) lie outside the scene folder, through
-    `..` or symlinks; off by default so opening someone else's scene reads only that folder."""
+    """Let a scene's files (images, masks, point clouds) lie outside the scene folder (through .. or symlinks); off, a scene can only make scene3d read inside its own folder."""
