@@ -535,3 +535,33 @@ def test_the_outside_paths_flag_is_kept_in_a_run_config():
     saved = config_fields(DataConfig(allow_outside_paths=True))
     assert saved["allow_outside_paths"] is True and data_config(saved).allow_outside_paths is True
     assert data_config({k: v for k, v in saved.items() if k != "allow_outside_paths"}).allow_outside_paths is False  # runs saved before the flag
+
+
+def _ply(vertices: int, body: bytes) -> bytes:
+    header = f"ply\nformat binary_little_endian 1.0\nelement vertex {vertices}\nproperty float x\nproperty float y\nproperty float z\nend_header\n"
+    return header.encode() + body
+
+
+def test_point_cloud_declaring_more_vertices_than_its_file_is_refused_before_reading(tmp_path):
+    root = nerfstudio_scene(tmp_path, mutate=lambda d: d.update(ply_file_path="points.ply"))
+    pts = np.random.default_rng(0).normal(size=(30, 3)).astype("<f4")
+    (root / "points.ply").write_bytes(_ply(30, pts.tobytes()))
+    assert load_dataset(root, DataConfig(remove_outliers=False)).num_points == 30
+    (root / "points.ply").write_bytes(_ply(10**12, pts.tobytes()))
+    refused(root, "points.ply", "declares 1000000000000 vertex elements, more than the file holds")
+    (root / "points.ply").write_bytes(b"solid mesh\n")
+    refused(root, "points.ply", "is not a PLY file")
+
+
+def test_json_with_an_endless_number_is_one_sentence(tmp_path):
+    root = nerfstudio_scene(tmp_path)
+    (root / "transforms.json").write_text('{"fl_x": ' + "1" * 5000 + ', "frames": []}')
+    refused(root, "transforms.json", "is not valid JSON")
+
+
+def test_absurd_sparse_points_are_dropped(tmp_path):
+    def plant(model):
+        model["points"][1]["xyz"] = [1e300, 0.0, 0.0]
+        model["points"][2]["xyz"] = [NAN, 0.0, 0.0]
+    ds = load_dataset(colmap_scene(tmp_path, "bin", mutate=plant), DataConfig(remove_outliers=False))
+    assert ds.num_points == 6 and np.isfinite(ds.points).all()

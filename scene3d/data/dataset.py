@@ -19,6 +19,7 @@ import torch
 from scene3d.cameras import Cameras
 from scene3d.data import images as imio
 from scene3d.data.config import DataConfig
+from scene3d.data.validate import MAX_MAGNITUDE
 from scene3d.errors import DataError
 
 log = logging.getLogger("scene3d.data")
@@ -265,11 +266,14 @@ def finalize(raw: RawScene, cfg: DataConfig) -> SceneDataset:
     if raw.points is not None and len(raw.points):
         points = raw.points.astype(np.float64)
         colors = raw.point_colors if raw.point_colors is not None else np.full((len(points), 3), 128, np.uint8)
-        finite = np.isfinite(points).all(-1)
-        points, colors = points[finite], colors[finite]
+        usable = (np.abs(points) <= MAX_MAGNITUDE).all(-1)  # NaN, infinite and absurd points are dropped
+        points, colors = points[usable], colors[usable]
         if cfg.remove_outliers:
             points, colors = remove_outliers(points, colors)
-        points = (points @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
+        with np.errstate(over="ignore"):
+            points = (points @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
+        usable = np.isfinite(points).all(-1)
+        points, colors = points[usable], colors[usable]
 
     aabb = None
     if raw.aabb is not None:

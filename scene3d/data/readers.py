@@ -147,8 +147,8 @@ def _load_json(path: Path) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(path, "not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(path, f"is not valid JSON ({e})") from None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, or a number too long to convert
+        raise DataError(path, f"is not valid JSON ({str(e)[:120]})") from None
     except RecursionError:
         raise DataError(path, "is nested too deeply to be a scene description") from None
     except OSError as e:
@@ -236,6 +236,7 @@ def _frames_to_cameras(json_path: Path, data: dict, frames: list[dict], root: Pa
             raise DataError(json_path, f"{where} has no file_path")
         file_path = validate.text(json_path, where, "file_path", frame["file_path"])
         where = f"frame {i} ({file_path})"
+        validate.inside(root, base / file_path, allow_outside, json_path, where)  # before any file is probed
         image = validate.inside(root, _resolve_image(base, file_path), allow_outside, json_path, where)
         if not image.is_file():
             skipped += 1
@@ -324,6 +325,7 @@ def read_ply_points(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Vertex positions [P, 3] and colours [P, 3] uint8 of a point-cloud PLY (open3d reader)."""
     if not path.is_file():
         raise DataError(path, "point cloud file not found")
+    _check_ply_header(path)
     import open3d as o3d
 
     pc = o3d.io.read_point_cloud(str(path))
@@ -332,6 +334,38 @@ def read_ply_points(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(path, "holds no points (or is not a readable PLY)")
     cols = (np.asarray(pc.colors) * 255).round().astype(np.uint8) if pc.has_colors() else np.full((len(pts), 3), 128, np.uint8)
     return pts, cols
+
+
+_PLY_SIZES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2, "uint16": 2,
+              "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8}
+
+
+def _check_ply_header(path: Path) -> None:
+    """Refuses a PLY whose header is malformed or declares more elements than the file can hold,
+    before open3d allocates for them."""
+    if path.suffix.lower() != ".ply":
+        raise DataError(path, "is not a .ply point cloud (nerfstudio's ply_file_path names a PLY file)")
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    end = head.find(b"end_header")
+    if not head.startswith(b"ply") or end < 0:
+        raise DataError(path, "is not a PLY file (no 'ply' ... 'end_header' header in its first 64 KiB)")
+    newline = head.find(b"\n", end)
+    body = path.stat().st_size - newline - 1 if newline >= 0 else 0
+    lines = [ln.split() for ln in head[:end].decode("latin1").splitlines()]
+    binary = any(ln[:2] in (["format", "binary_little_endian"], ["format", "binary_big_endian"]) for ln in lines)
+    elements = []
+    for ln in lines:
+        if ln[:1] == ["element"] and len(ln) == 3 and ln[2].isdigit():
+            elements.append([ln[1], int(ln[2]), 0])
+        elif ln[:1] == ["property"] and elements and len(ln) >= 3:
+            elements[-1][2] += _PLY_SIZES.get(ln[2] if ln[1] == "list" else ln[1], 1) if binary else 2  # ascii: a digit and a space
+        elif ln[:1] == ["element"]:
+            raise DataError(path, f"has a malformed PLY header line {' '.join(ln)[:60]!r}")
+    need = sum(count * max(per_item, 1) for _, count, per_item in elements)
+    if need > body + 1:  # + 1: an ascii file's last line may lack its newline
+        name, count, _ = max(elements, key=lambda e: e[1])
+        raise DataError(path, f"declares {count} {name} elements, more than the file holds")
 
 
 # ---------------------------------------------------------------------- Blender synthetic
