@@ -64,9 +64,8 @@ _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 def _to_uint8(path: Path, im) -> np.ndarray:
     """uint8 [H, W, 3 or 4] of a decoded PIL image: 8-bit modes converted by PIL, 16-bit grey and
-    float grey scaled to 0..255 (PIL's own conversion clips them, decoding white or black)."""
-    from PIL import Image
-
+    float grey scaled to 0..255 (PIL's own conversion clips them, decoding white or black). PIL reads 16-bit RGB(A) PNGs as their top 8 bits, within one
+    step of exact."""
     if im.mode in _EIGHT_BIT_MODES:
         has_alpha = im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (im.mode == "P" and "transparency" in im.info)
         return np.asarray(im.convert("RGBA" if has_alpha else "RGB"))
