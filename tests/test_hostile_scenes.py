@@ -565,3 +565,11 @@ def test_absurd_sparse_points_are_dropped(tmp_path):
         model["points"][2]["xyz"] = [NAN, 0.0, 0.0]
     ds = load_dataset(colmap_scene(tmp_path, "bin", mutate=plant), DataConfig(remove_outliers=False))
     assert ds.num_points == 6 and np.isfinite(ds.points).all()
+
+
+def test_hostile_names_stay_one_short_line(tmp_path):
+    root = nerfstudio_scene(tmp_path, mutate=_frame("file_path", "../" + "x\n" * 5000))
+    msg = refused(root, "frame 2 (../x?x?", "outside the scene folder")
+    assert len(msg) < 800
+    root = colmap_scene(tmp_path / "c", "txt", mutate=lambda m: m["cameras"][0].update(w="1" * 5000))
+    assert len(refused(root, "cameras.txt", "malformed entry at data line 1")) < 300

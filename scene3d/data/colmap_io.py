@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scene3d.data.validate import shown
 from scene3d.errors import DataError
 
 # COLMAP model id -> (name, number of parameters)
@@ -198,7 +199,7 @@ def read_cameras_txt(path: Path) -> dict[int, ColmapCamera]:
         def one(f=f):
             name = f[1]
             if name not in MODEL_IDS:
-                raise DataError(path, f"has an unknown camera model {name!r}")
+                raise DataError(path, f"has an unknown camera model {shown(name)}")
             n = CAMERA_MODELS[MODEL_IDS[name]][1]
             params = np.array([float(v) for v in f[4 : 4 + n]])
             if len(params) != n:
@@ -298,5 +299,5 @@ def read_model(folder: Path) -> ColmapModel:
         pts = (np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros((0, 3), np.uint8), np.zeros(0), np.zeros(0, np.int64))
     for img in images.values():
         if img.camera_id not in cams:
-            raise DataError(folder / f"images.{ext}", f"image {img.name!r} refers to camera {img.camera_id}, which cameras.{ext} does not define")
+            raise DataError(folder / f"images.{ext}", f"image {shown(img.name)} refers to camera {img.camera_id}, which cameras.{ext} does not define")
     return ColmapModel(folder, cams, images, *pts)

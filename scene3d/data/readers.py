@@ -74,10 +74,10 @@ def read_colmap(root: Path, allow_outside: bool = False) -> RawScene:
     ordered = sorted(model.images.values(), key=lambda im: im.name)
     w2c, intr, dist, models, widths, heights, paths, masks = [], [], [], [], [], [], [], []
     for im in ordered:
-        where = f"image {im.name!r}"
+        where = f"image {validate.shown(im.name)}"
         cam = model.cameras[im.camera_id]
         m, k, d = camera_from_colmap(cam, cameras_file)
-        validate.check_camera(cameras_file, f"camera {cam.id} (of image {im.name!r})", *k, d, cam.width, cam.height)
+        validate.check_camera(cameras_file, f"camera {cam.id} (of image {validate.shown(im.name)})", *k, d, cam.width, cam.height)
         validate.check_quaternion(images_file, where, im.qvec, im.tvec)
         T = torch.eye(4, dtype=torch.float64)
         T[:3, :3] = quaternion_to_matrix(torch.tensor(im.qvec))
@@ -181,7 +181,7 @@ def read_llff(root: Path, allow_outside: bool = False) -> RawScene:
     files = sorted(p for p in image_dir.iterdir() if imio.is_image_file(p)) if image_dir.is_dir() else []
     if len(files) != len(arr):
         raise DataError(image_dir, f"holds {len(files)} images but poses_bounds.npy has {len(arr)} poses")
-    files = [validate.inside(root, p, allow_outside, image_dir, f"image {p.name!r}") for p in files]
+    files = [validate.inside(root, p, allow_outside, image_dir, f"image {validate.shown(p.name)}") for p in files]
     poses = arr[:, :15].reshape(-1, 3, 5)
     near_far = arr[:, 15:17]
     hwf = poses[:, :, 4]  # [N, 3] height, width, focal of the images the poses were made for

@@ -92,7 +92,7 @@ def _intrinsics(spec: dict, path: Path, image: Path, where: str) -> tuple[Camera
         dist = [coeff[k] for k in ("k1", "k2", "p1", "p2")]
         model = CameraModel.OPENCV if any(dist) else CameraModel.PINHOLE
     else:
-        raise DataError(path, f"{where} has camera_model {name!r}; supported: OPENCV, OPENCV_FISHEYE, PINHOLE")
+        raise DataError(path, f"{where} has camera_model {validate.shown(name)}; supported: OPENCV, OPENCV_FISHEYE, PINHOLE")
     validate.check_camera(path, where, fx, fy, cx, cy, dist, w, h)
     return model, [fx, fy, cx, cy], dist, w, h
 
@@ -122,7 +122,7 @@ def _frames_to_cameras(json_path: Path, data: dict, frames: list[dict], root: Pa
         if not isinstance(frame, dict) or "file_path" not in frame:
             raise DataError(json_path, f"{where} has no file_path")
         file_path = validate.text(json_path, where, "file_path", frame["file_path"])
-        where = f"frame {i} ({file_path})"
+        where = f"frame {i} ({validate.shown(file_path, quote=False)})"
         validate.inside(root, base / file_path, allow_outside, json_path, where)  # before any file is probed
         image = validate.inside(root, _resolve_image(base, file_path), allow_outside, json_path, where)
         if not image.is_file():
@@ -152,13 +152,8 @@ def _frames_to_cameras(json_path: Path, data: dict, frames: list[dict], root: Pa
 def _file_list(path: Path, data: dict, key: str) -> list[str]:
     value = data.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise DataError(path, f"has {key} {_short(value)}, but it must be a list of file names")
+        raise DataError(path, f"has {key} {validate.shown(value, 40)}, but it must be a list of file names")
     return value
-
-
-def _short(value) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def read_nerfstudio(root: Path, json_name: str = "transforms.json", allow_outside: bool = False) -> RawScene:

@@ -31,8 +31,12 @@ ROTATION_TOLERANCE = 1e-2
 """How far a pose's rotation block may be from orthonormal (|R^T R - I|, largest entry)."""
 
 
-def _show(value) -> str:
-    return repr(value) if isinstance(value, str) else f"{value}"
+def shown(value, limit: int = 80, quote: bool = True) -> str:
+    """``value`` as it may appear in a one-line message: short, without control characters
+    (strings quoted unless ``quote`` is off, so 'abc' is told from a number)."""
+    text = repr(value) if isinstance(value, str) and quote else str(value)
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_number(value) -> bool:
@@ -51,7 +55,7 @@ def real(path: Path, where: str, field: str, value, *, positive: bool = False, m
             need = f"a finite number from {minimum:g} to {MAX_MAGNITUDE:g}"
         else:
             need = f"a finite {'positive ' if positive else ''}number no larger than {MAX_MAGNITUDE:g} in magnitude"
-        raise DataError(path, f"{where} has {field} {_show(value)}, but it must be {need}")
+        raise DataError(path, f"{where} has {field} {shown(value)}, but it must be {need}")
     return v
 
 
@@ -60,13 +64,13 @@ def size(path: Path, where: str, field: str, value) -> int:
     ok = _is_number(value) and abs(value) <= 10**300
     ok = ok and math.isfinite(value) and float(value).is_integer() and 1 <= value <= MAX_IMAGE_SIDE
     if not ok:
-        raise DataError(path, f"{where} has {field} {_show(value)}, but an image side must be a whole number from 1 to {MAX_IMAGE_SIDE}")
+        raise DataError(path, f"{where} has {field} {shown(value)}, but an image side must be a whole number from 1 to {MAX_IMAGE_SIDE}")
     return int(value)
 
 
 def text(path: Path, where: str, field: str, value) -> str:
     if not isinstance(value, str) or not value:
-        raise DataError(path, f"{where} has {field} {_show(value)}, but it must be a non-empty string")
+        raise DataError(path, f"{where} has {field} {shown(value)}, but it must be a non-empty string")
     return value
 
 
@@ -122,9 +126,9 @@ def inside(root: Path, path: Path, allow_outside: bool, source: Path, where: str
         target = path.resolve()
         base = root.resolve()
     except (OSError, ValueError, RuntimeError) as e:  # a NUL byte, a symlink loop, a name too long
-        raise DataError(source, f"{where} names {str(path)[:200]!r}, which is not a usable path ({e})") from None
+        raise DataError(source, f"{where} names {shown(str(path), quote=False)}, which is not a usable path ({e})") from None
     if target != base and base not in target.parents:
-        raise DataError(source, f"{where} names {path}, which resolves to {target} outside the scene folder {base}; pass --allow-outside-paths to allow that")
+        raise DataError(source, f"{where} names {shown(str(path), 200, quote=False)}, which resolves to {shown(str(target), 200, quote=False)} outside the scene folder {base}; pass --allow-outside-paths to allow that")
     return path
 
 
