@@ -573,3 +573,28 @@ def test_hostile_names_stay_one_short_line(tmp_path):
     assert len(msg) < 800
     root = colmap_scene(tmp_path / "c", "txt", mutate=lambda m: m["cameras"][0].update(w="1" * 5000))
     assert len(refused(root, "cameras.txt", "malformed entry at data line 1")) < 300
+
+
+@pytest.mark.parametrize("depth, ok", [(31, True), (33, False), (900, False)])
+def test_json_nesting_is_capped_below_the_recursion_limit(tmp_path, depth, ok):
+    nested = "[" * (depth - 1) + "]" * (depth - 1)  # inside the top-level object: depth in all
+    root = nerfstudio_scene(tmp_path, mutate=lambda d: d.update(notes="PLACEHOLDER"))
+    text = (root / "transforms.json").read_text().replace('"PLACEHOLDER"', nested)
+    (root / "transforms.json").write_text(text)
+    if ok:
+        assert len(load_dataset(root)) == 4
+    else:
+        refused(root, "transforms.json", "more than 32 deep")
+
+
+def test_shipped_downscaled_folder_must_match_the_cameras(tmp_path):
+    from PIL import Image
+
+    root = nerfstudio_scene(tmp_path)
+    (root / "images_2").mkdir()
+    for k in range(4):
+        Image.fromarray(np.full((H // 2, W // 2, 3), 9, np.uint8)).save(root / "images_2" / f"{k}.png")
+    ds = load_dataset(root, DataConfig(downscale=2))
+    assert ds.image_paths[0] == root / "images_2" / "0.png" and ds.cameras.fx.tolist() == pytest.approx([F / 2] * 4)
+    Image.fromarray(np.full((H // 2, W, 3), 9, np.uint8)).save(root / "images_2" / "3.png")
+    refused(root, "images_2/3.png", "is 32x12, but its camera declares 32x24", cfg=DataConfig(downscale=2))

@@ -19,7 +19,7 @@ import torch
 from scene3d.cameras import Cameras
 from scene3d.data import images as imio
 from scene3d.data.config import DataConfig
-from scene3d.data.validate import MAX_MAGNITUDE
+from scene3d.data.validate import MAX_MAGNITUDE, check_image_size
 from scene3d.errors import DataError
 
 log = logging.getLogger("scene3d.data")
@@ -312,7 +312,10 @@ def _downscale(raw: RawScene, factor: int) -> tuple[Cameras, list[Path]]:
     """Cameras and image paths at 1/factor resolution, using ``images_N/`` when the dataset has it."""
     shipped = raw.downscaled_images.get(factor)
     if shipped is not None and len(shipped) == len(raw.image_paths) and all(p.is_file() for p in shipped):
-        w, h = zip(*(imio.image_size(p) for p in shipped))
+        sizes = [imio.image_size(p) for p in shipped]
+        for i, (p, size) in enumerate(zip(shipped, sizes)):
+            check_image_size(p, (int(raw.cameras.width[i]), int(raw.cameras.height[i])), size)
+        w, h = zip(*sizes)
         return raw.cameras.resized(torch.tensor(w), torch.tensor(h)), list(shipped)
     cams = raw.cameras.downscaled(factor)
     from rich.progress import track

@@ -42,6 +42,8 @@ def _load_json(path: Path) -> dict:
         raise DataError(path, f"cannot be read ({e.strerror or e})") from None
     if not isinstance(data, dict):
         raise DataError(path, "must hold a JSON object at the top level")
+    if validate.json_depth(data) > validate.MAX_JSON_DEPTH:
+        raise DataError(path, f"nests lists and objects more than {validate.MAX_JSON_DEPTH} deep, more than any scene description needs")
     return data
 
 

@@ -22,6 +22,8 @@ MAX_IMAGE_PIXELS = 120_000_000
 """Most pixels in one image (120 Mpx: above any camera sensor, below Pillow's 179 Mpx bomb limit)."""
 MAX_JSON_BYTES = 64 * 1024 * 1024
 """Largest transforms*.json read (a 10,000-frame scene needs about 10 MB)."""
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of lists and objects accepted in a scene's JSON (a transforms.json needs 5)."""
 MAX_MAGNITUDE = 1e12
 """Largest magnitude of a camera number (pixels, coordinates, distortion): beyond it float32
 maths in training overflows (squares reach 1e24 of float32's 3e38)."""
@@ -41,6 +43,19 @@ def shown(value, limit: int = 80, quote: bool = True) -> str:
 
 def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def json_depth(tree) -> int:
+    """How deeply ``tree`` nests lists and objects, found without recursion."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            if depth <= MAX_JSON_DEPTH:
+                stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def real(path: Path, where: str, field: str, value, *, positive: bool = False, minimum: float | None = None) -> float:
