@@ -238,6 +238,5 @@ def test_mutated_scene_loads_or_fails_with_one_sentence(scenes, scene):
             assert peak <= PEAK_BYTES, f"case {case} on {target.name} allocated {peak / 2**20:.0f} MiB"
     finally:
         signal.signal(signal.SIGALRM, previous)
-    print(scene, outcomes)
     assert outcomes["refused"] >= CASES_PER_SCENE // 5, outcomes  # the mutations do reach the checks
     assert sum(outcomes.values()) == CASES_PER_SCENE

@@ -90,7 +90,8 @@ def text(path: Path, where: str, field: str, value) -> str:
 
 
 def check_camera(path: Path, where: str, fx, fy, cx, cy, dist, width, height) -> None:
-    """Finite positive focal lengths, finite principal point and distortion, sizes under the ceiling."""
+    """Focal lengths from :data:`MIN_FOCAL` to :data:`MAX_MAGNITUDE` pixels, a finite principal point
+    and distortion, whole positive sizes under the side and pixel ceilings."""
     for field, v in (("width", width), ("height", height)):
         size(path, where, field, v)
     if width * height > MAX_IMAGE_PIXELS:
