@@ -94,8 +94,8 @@ def test_colmap_text_model_and_several_models_pick_largest(tmp_path):
     for name in ("cameras.bin", "points3D.bin"):
         (small / name).unlink()
     shutil.copy(big / "cameras.txt", small / "cameras.txt")
-    (tmp_path / "images").symlink_to(src / "images")
-    ds_txt = load_dataset(tmp_path, DataConfig(normalize=False))
+    (tmp_path / "images").symlink_to(src / "images")  # outside the scene folder: allowed by the flag
+    ds_txt = load_dataset(tmp_path, DataConfig(normalize=False, allow_outside_paths=True))
     ds_bin = load_dataset(src, DataConfig(normalize=False))
     assert ds_txt.meta["model_dir"].endswith("sparse/1") and len(ds_txt) == 23
     assert ds_txt.names == ds_bin.names
@@ -113,7 +113,7 @@ def test_colmap_binary_with_rigs_and_frames(tmp_path):
     pycolmap.Reconstruction(str(src / "sparse" / "0")).write(str(out))
     assert (out / "rigs.bin").exists() and (out / "frames.bin").exists()
     (tmp_path / "images").symlink_to(src / "images")
-    ds = load_dataset(tmp_path)
+    ds = load_dataset(tmp_path, DataConfig(allow_outside_paths=True))
     assert detect_format(tmp_path) == "colmap" and len(ds) == 23
 
 
@@ -131,7 +131,7 @@ def test_llff_matches_the_colmap_poses_it_came_from(tmp_path):
     (tmp_path / "images").mkdir()
     for i, p in enumerate(ref.source_paths):
         (tmp_path / "images" / f"img_{i:03d}.jpg").symlink_to(p)
-    ds = load_dataset(tmp_path, DataConfig(normalize=False))
+    ds = load_dataset(tmp_path, DataConfig(normalize=False, allow_outside_paths=True))
     assert ds.format == "llff" and len(ds) == 23
     assert torch.allclose(ds.cameras.world_to_cam, ref.cameras.world_to_cam, atol=1e-5)
     assert torch.allclose(ds.cameras.fx, ref.cameras.fx) and ds.near_far.shape == (23, 2)

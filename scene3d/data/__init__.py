@@ -43,17 +43,18 @@ def detect_format(root: Path) -> str:
 
 def load_dataset(root: str | Path, cfg: DataConfig | None = None, format: str | None = None) -> "SceneDataset":
     """Loads the scene at ``root`` (format detected unless given) as a :class:`SceneDataset`."""
-    from scene3d.data import readers
+    from scene3d.data import readers, transforms_json
     from scene3d.data.dataset import finalize
 
     root = Path(root)
     fmt = format or detect_format(root)
     read = {
         "colmap": readers.read_colmap,
-        "nerfstudio": readers.read_nerfstudio,
-        "blender": readers.read_blender,
+        "nerfstudio": transforms_json.read_nerfstudio,
+        "blender": transforms_json.read_blender,
         "llff": readers.read_llff,
     }.get(fmt)
     if read is None:
         raise DataError(root, f"unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
-    return finalize(read(root), cfg or DataConfig())
+    cfg = cfg or DataConfig()
+    return finalize(read(root, allow_outside=bool(cfg.allow_outside_paths)), cfg)

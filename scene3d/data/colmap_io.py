@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scene3d.data.validate import shown
 from scene3d.errors import DataError
 
 # COLMAP model id -> (name, number of parameters)
@@ -168,7 +169,7 @@ def read_points3D_bin(path: Path) -> tuple[np.ndarray, ...]:
     rgb = np.empty((n, 3), np.uint8)
     err = np.empty(n)
     tracks = np.empty(n, np.int64)
-    head = struct.Struct("<Q3d3BdQ")
+    head = struct.Struct("<q3d3BdQ")  # ids read signed: an absurd id must not overflow int64
     for i in range(n):
         pid, x, y, z, cr, cg, cb, e, tl = head.unpack(r.take(head.size))
         r.take(8 * tl)  # track: (image_id int32, point2D_idx int32) pairs
@@ -188,7 +189,7 @@ def _text_lines(path: Path) -> list[list[str]]:
 def _parse(path: Path, lineno: int, fn, *args):
     try:
         return fn(*args)
-    except (ValueError, IndexError, KeyError):
+    except (ValueError, IndexError, KeyError, OverflowError):
         raise DataError(path, f"has a malformed entry at data line {lineno + 1}") from None
 
 
@@ -198,7 +199,7 @@ def read_cameras_txt(path: Path) -> dict[int, ColmapCamera]:
         def one(f=f):
             name = f[1]
             if name not in MODEL_IDS:
-                raise DataError(path, f"has an unknown camera model {name!r}")
+                raise DataError(path, f"has an unknown camera model {shown(name)}")
             n = CAMERA_MODELS[MODEL_IDS[name]][1]
             params = np.array([float(v) for v in f[4 : 4 + n]])
             if len(params) != n:
@@ -210,7 +211,11 @@ def read_cameras_txt(path: Path) -> dict[int, ColmapCamera]:
 
 
 def read_images_txt(path: Path) -> dict[int, ColmapImage]:
-    lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if not ln.lstrip().startswith("#")]
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise DataError(path, f"cannot be read ({e.strerror or e})") from None
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
     # Images take two lines each; the second (observations) may be empty.
     while lines and not lines[-1].strip():
         lines.pop()
@@ -221,6 +226,8 @@ def read_images_txt(path: Path) -> dict[int, ColmapImage]:
         def one(i=i):
             f = lines[i].split()
             obs = np.array([float(v) for v in lines[i + 1].split()]).reshape(-1, 3)
+            if not np.isfinite(obs[:, 2]).all() or np.abs(obs[:, 2]).max(initial=0) >= 2**63:
+                raise ValueError("a point id is not an integer")
             return ColmapImage(
                 int(f[0]),
                 np.array([float(v) for v in f[1:5]]),
@@ -244,7 +251,10 @@ def read_points3D_txt(path: Path) -> tuple[np.ndarray, ...]:
         def one(i=i, f=f):
             ids[i] = int(f[0])
             xyz[i] = [float(v) for v in f[1:4]]
-            rgb[i] = [int(v) for v in f[4:7]]
+            colour = [int(v) for v in f[4:7]]
+            if len(colour) != 3 or not all(0 <= c <= 255 for c in colour):
+                raise DataError(path, f"point {f[0]} (data line {i + 1}) has colour {' '.join(f[4:7])}, but colours must be three whole numbers from 0 to 255")
+            rgb[i] = colour
             err[i] = float(f[7])
             tracks[i] = (len(f) - 8) // 2
         _parse(path, i, one)
@@ -289,5 +299,5 @@ def read_model(folder: Path) -> ColmapModel:
         pts = (np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros((0, 3), np.uint8), np.zeros(0), np.zeros(0, np.int64))
     for img in images.values():
         if img.camera_id not in cams:
-            raise DataError(folder / f"images.{ext}", f"image {img.name!r} refers to camera {img.camera_id}, which cameras.{ext} does not define")
+            raise DataError(folder / f"images.{ext}", f"image {shown(img.name)} refers to camera {img.camera_id}, which cameras.{ext} does not define")
     return ColmapModel(folder, cams, images, *pts)

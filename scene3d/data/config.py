@@ -21,3 +21,5 @@ class DataConfig:
     """Drop isolated sparse points (open3d statistical outlier removal)."""
     load_masks: bool = True
     """Use per-image masks when the dataset provides them."""
+    allow_outside_paths: bool = False
+    """Let a scene's files (images, masks, point clouds) lie outside the scene folder (through .. or symlinks); off, a scene can only make scene3d read inside its own folder."""

@@ -19,6 +19,7 @@ import torch
 from scene3d.cameras import Cameras
 from scene3d.data import images as imio
 from scene3d.data.config import DataConfig
+from scene3d.data.validate import MAX_MAGNITUDE, check_image_size
 from scene3d.errors import DataError
 
 log = logging.getLogger("scene3d.data")
@@ -114,7 +115,8 @@ class SceneDataset:
 
     def image_uint8(self, i: int) -> np.ndarray:
         """Image i as stored: uint8 [H, W, 3 or 4], at the loaded resolution."""
-        return _load_cached(self.image_paths[i], self._size(i))
+        path = self.image_paths[i]
+        return _load_cached(path, self._size(i), imio.source_stamp(path))
 
     def image(self, i: int, background=None) -> torch.Tensor:
         """Image i as float RGB in [0, 1], [H, W, 3]; RGBA is composited on ``background`` (a colour
@@ -145,7 +147,8 @@ def composite(rgba: torch.Tensor, background) -> torch.Tensor:
 
 
 @lru_cache(maxsize=64)
-def _load_cached(path: Path, size: tuple[int, int]) -> np.ndarray:
+def _load_cached(path: Path, size: tuple[int, int], stamp: str) -> np.ndarray:
+    """Decoded pixels, reused while the file keeps its ``stamp`` (size and modification time)."""
     arr = imio.read_image(path, size)
     arr.setflags(write=False)
     return arr
@@ -263,11 +266,14 @@ def finalize(raw: RawScene, cfg: DataConfig) -> SceneDataset:
     if raw.points is not None and len(raw.points):
         points = raw.points.astype(np.float64)
         colors = raw.point_colors if raw.point_colors is not None else np.full((len(points), 3), 128, np.uint8)
-        finite = np.isfinite(points).all(-1)
-        points, colors = points[finite], colors[finite]
+        usable = (np.abs(points) <= MAX_MAGNITUDE).all(-1)  # NaN, infinite and absurd points are dropped
+        points, colors = points[usable], colors[usable]
         if cfg.remove_outliers:
             points, colors = remove_outliers(points, colors)
-        points = (points @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
+        with np.errstate(over="ignore"):
+            points = (points @ T[:3, :3].T + T[:3, 3]).astype(np.float32)
+        usable = np.isfinite(points).all(-1)
+        points, colors = points[usable], colors[usable]
 
     aabb = None
     if raw.aabb is not None:
@@ -306,7 +312,10 @@ def _downscale(raw: RawScene, factor: int) -> tuple[Cameras, list[Path]]:
     """Cameras and image paths at 1/factor resolution, using ``images_N/`` when the dataset has it."""
     shipped = raw.downscaled_images.get(factor)
     if shipped is not None and len(shipped) == len(raw.image_paths) and all(p.is_file() for p in shipped):
-        w, h = zip(*(imio.image_size(p) for p in shipped))
+        sizes = [imio.image_size(p) for p in shipped]
+        for i, (p, size) in enumerate(zip(shipped, sizes)):
+            check_image_size(p, (int(raw.cameras.width[i]), int(raw.cameras.height[i])), size)
+        w, h = zip(*sizes)
         return raw.cameras.resized(torch.tensor(w), torch.tensor(h)), list(shipped)
     cams = raw.cameras.downscaled(factor)
     from rich.progress import track

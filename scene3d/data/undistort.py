@@ -87,7 +87,8 @@ def undistort_dataset(ds):
     for i in track(todo, description=f"undistorting {len(todo)} images", transient=True):
         zoom = pinhole_zoom(cams, i)
         fx[i], fy[i] = cams.fx[i] * zoom, cams.fy[i] * zoom
-        tag = hashlib.sha1(np.array([zoom, *cams.dist[i].tolist(), float(cams.fx[i])]).tobytes()).hexdigest()[:8]
+        source = imio.source_stamp(Path(ds.image_paths[i])).encode()  # a replaced photo is undistorted again
+        tag = hashlib.sha1(np.array([zoom, *cams.dist[i].tolist(), float(cams.fx[i])]).tobytes() + source).hexdigest()[:8]
         dst = folder / f"{i:05d}_{tag}_{Path(ds.image_paths[i]).stem}.png"
         if not dst.is_file():
             out = undistort_image(ds.image_uint8(i), cams, i, zoom)
