@@ -14,11 +14,11 @@ from scene3d.geometry import look_at, rigid_inverse
 
 PathKind = Literal["test", "orbit", "spiral"]
 
-MAX_FRAMES = 100_000
-"""Most frames one video may have (about 55 minutes at 30 fps)."""
-MAX_FPS = 240
-MAX_SIZE = 8192
-"""Largest video width or height, in pixels."""
+# Ceilings for videos, from the command line, camera-path files and the viewer's page alike: a video
+# is rendered frame by frame, so these bound the time and memory one video can ask for.
+MIN_SIDE, MAX_SIDE = 8, 8192  # width and height, pixels
+MIN_FPS, MAX_FPS = 1.0, 240.0
+MAX_FRAMES = 36_000  # 10 minutes at 60 fps
 
 
 def check_video_settings(frames: int | None = None, fps: float | None = None, width: int | None = None, height: int | None = None) -> None:
@@ -28,11 +28,11 @@ def check_video_settings(frames: int | None = None, fps: float | None = None, wi
 
     if frames is not None and not 1 <= frames <= MAX_FRAMES:
         raise Scene3dError(f"--frames {frames} is outside 1..{MAX_FRAMES:,}")
-    if fps is not None and not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
-        raise Scene3dError(f"--fps {fps} is outside (0, {MAX_FPS}]")
+    if fps is not None and not (math.isfinite(fps) and MIN_FPS <= fps <= MAX_FPS):
+        raise Scene3dError(f"--fps {fps} is outside {MIN_FPS:g}..{MAX_FPS:g}")
     for name, value in (("width", width), ("height", height)):
-        if value is not None and not 2 <= value <= MAX_SIZE:
-            raise Scene3dError(f"--{name} {value} is outside 2..{MAX_SIZE} pixels")
+        if value is not None and not MIN_SIDE <= value <= MAX_SIDE:
+            raise Scene3dError(f"--{name} {value} is outside {MIN_SIDE}..{MAX_SIDE} pixels")
 
 
 def camera_path(ds, kind: PathKind = "orbit", frames: int = 120, width: int | None = None) -> Cameras:

@@ -235,8 +235,8 @@ def test_an_os_error_outside_the_atomic_writer_is_one_sentence(monkeypatch, caps
     assert _one_error(capsys) == "scene3d: error: /runs/x/metrics.jsonl: No space left on device"
 
 
-@pytest.mark.parametrize("option, value, message", [("--frames", "1000000000", "--frames 1000000000 is outside 1..100,000"),
-                                                    ("--fps", "0", "--fps 0 is outside"), ("--width", "100000", "--width 100000 is outside 2..8192")])  # fmt: skip
+@pytest.mark.parametrize("option, value, message", [("--frames", "1000000000", "--frames 1000000000 is outside 1..36,000"),
+                                                    ("--fps", "0", "--fps 0 is outside"), ("--width", "100000", "--width 100000 is outside 8..8192")])  # fmt: skip
 def test_video_settings_are_bounded_before_rendering(short_run, tmp_path, capsys, option, value, message):
     from scene3d.cli import main
 

@@ -32,15 +32,13 @@ import torch
 from scene3d.cameras import Cameras
 from scene3d.geometry import matrix_to_quat, quat_to_matrix, rigid_inverse, slerp  # noqa: F401  (re-exported for the viewer's callers)
 from scene3d.errors import DataError
+from scene3d.render import MAX_FPS, MAX_FRAMES, MAX_SIDE, MIN_FPS, MIN_SIDE  # noqa: F401  (also the page's limits)
 
 PATH_FORMAT = "scene3d-camera-path"
 
-# Ceilings for camera paths, from files and from the viewer's page alike: a path is rendered frame
-# by frame, so these bound the time and memory one path can ask for.
-MIN_SIDE, MAX_SIDE = 8, 8192  # video width and height, pixels
-MIN_FPS, MAX_FPS = 1.0, 240.0
+# Ceilings for camera paths, from files and from the viewer's page alike (the video ones, shared with
+# the command line, are scene3d.render's).
 MIN_SECONDS, MAX_SECONDS = 0.05, 3600.0
-MAX_FRAMES = 36_000  # seconds x fps: 10 minutes at 60 fps
 MAX_KEYFRAMES = 1000
 MIN_FOV, MAX_FOV = 0.1, 179.0  # vertical, degrees
 MAX_COORDINATE = 1e9  # keyframe positions, scene units
