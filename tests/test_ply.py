@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import struct
-import time
 
 import numpy as np
 import pytest
@@ -375,17 +374,10 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch
         raise OSError("disk full")
 
     monkeypatch.setattr(ply_module.os, "fsync", broken_fsync)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(DataError, match=r"m\.ply: could not be written \(disk full\)"):
         write_ply(path, random_model(400, 3))
     assert path.read_bytes() == old
     assert [f.name for f in tmp_path.iterdir()] == ["m.ply"]
-
-
-def test_write_is_fast(tmp_path):
-    p = random_model(100_000, 3)
-    start = time.perf_counter()
-    write_ply(tmp_path / "m.ply", p)
-    assert time.perf_counter() - start < 2.0  # ~0.15 s on 2 CPU cores; generous for loaded CI
 
 
 def test_reads_and_agrees_with_gsplat(tmp_path):

@@ -103,7 +103,11 @@ def _imports() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, path in files.items():
         deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        typing_only = {id(n) for block in ast.walk(tree) if _is_type_checking_block(block) for n in ast.walk(block)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue  # `if TYPE_CHECKING:` imports exist for annotations only and never run
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.startswith("scene3d"):
                 submodules = {f"{node.module}.{a.name}" for a in node.names} & set(files)
                 deps |= submodules  # `from package import module` imports the module
@@ -113,6 +117,10 @@ def _imports() -> dict[str, set[str]]:
                 deps.update(a.name for a in node.names if a.name.startswith("scene3d"))
         graph[name] = deps
     return {m: {d for d in deps if d in files and d != m} for m, deps in graph.items()}
+
+
+def _is_type_checking_block(node) -> bool:
+    return isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
 
 
 def _package_of(module: str) -> str:

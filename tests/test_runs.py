@@ -108,7 +108,7 @@ def test_a_checkpoint_with_missing_or_wrong_entries_is_one_sentence(short_run, t
     args = {
         "eval": ["eval", str(run)],
         "export": ["export", str(run), "-o", str(tmp_path / "out.ply")],
-        "resume": ["train", str(tests_default_scene()), "-o", str(run), "--resume", "--max-steps", "42", "--downscale", "4"],
+        "resume": ["train", str(_default_scene()), "-o", str(run), "--resume", "--max-steps", "42", "--downscale", "4"],
     }[command]
     capsys.readouterr()
     assert main(args) == 2
@@ -156,7 +156,7 @@ def test_a_malformed_run_configuration_is_one_sentence(short_run, tmp_path, caps
     assert "config.yaml" in line and message in line, line
 
 
-def tests_default_scene() -> Path:
+def _default_scene() -> Path:
     from tests.runs import DEFAULT_SCENE
 
     return DEFAULT_SCENE

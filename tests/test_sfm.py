@@ -110,13 +110,11 @@ def test_noise_images_do_not_register(tmp_path):
     photos.mkdir()
     for i in range(4):
         noise_image(photos / f"{i}.png", seed=i)
-    start = time.perf_counter()
     with pytest.raises(SfmError) as err:
         run_process(photos, tmp_path / "out", ProcessConfig(**FAST))
     message = str(err.value)
     assert str(photos) in message and "of 4 images" in message
     assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["photos"]
-    assert time.perf_counter() - start < 20
 
 
 @pytest.mark.parametrize("gps", [True, False])
