@@ -78,12 +78,18 @@ class RunSpec:
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def save_checkpoint(payload: dict, path: Path) -> None:
-    """``torch.save`` of tensors and plain data to ``path``, atomically."""
+def save_torch_file(payload: dict, path: Path) -> None:
+    """``torch.save`` of tensors and plain data to ``path``, atomically (read back with
+    :func:`load_torch_file`)."""
     from scene3d.atomic import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "xb") as f:  # a Python file, so a full disk is an OSError
-        torch.save({"format": CHECKPOINT_FORMAT, "version": 2, **payload}, f)
+        torch.save(payload, f)
+
+
+def save_checkpoint(payload: dict, path: Path) -> None:
+    """A checkpoint of tensors and plain data at ``path``, atomically."""
+    save_torch_file({"format": CHECKPOINT_FORMAT, "version": 2, **payload}, path)
 
 
 def check_archive(path: Path, what: str) -> None:
@@ -118,15 +124,15 @@ def _numpy_globals() -> list:
     return allowed
 
 
-def load_checkpoint(path: Path) -> dict:
-    """A checkpoint's contents (on the CPU); never unpickles code (``weights_only``)."""
+def load_torch_file(path: Path, what: str, allowed_globals=()):
+    """What ``torch.save`` put in ``path``, on the CPU, read with ``weights_only`` (tensors and plain
+    data; never code) after :func:`check_archive`; ``what`` names the file kind in the messages
+    ("scene3d checkpoint"); ``allowed_globals`` are further classes allowed by name."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "checkpoint not found")
-    check_archive(path, "scene3d checkpoint")
+    check_archive(path, what)
     try:
-        with torch.serialization.safe_globals(_numpy_globals()):
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(allowed_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         name = _refused_global(str(e))
         raise DataError(
@@ -137,7 +143,15 @@ def load_checkpoint(path: Path) -> dict:
             " scene3d (retrain, or re-save it with the scene3d that wrote it)",
         ) from None
     except Exception as e:  # truncated or corrupt
-        raise DataError(path, f"is not a readable scene3d checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise DataError(path, f"is not a readable {what} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint's contents (on the CPU); never unpickles code (``weights_only``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "checkpoint not found")
+    state = load_torch_file(path, "scene3d checkpoint", _numpy_globals())
     if not isinstance(state, dict) or not {"step", "model", "dataset"} <= set(state):
         raise DataError(path, "is not a scene3d checkpoint (step, model or dataset missing)")
     if not isinstance(state["step"], int) or isinstance(state["step"], bool) or state["step"] < 0:

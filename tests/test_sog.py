@@ -502,7 +502,8 @@ def test_malformed_containers(tmp_path, small_sog):
     "edit, fragments",
     [
         (lambda m: m.update(count=10**12), ("declares 1000000000000 Gaussians",)),
-        (lambda m: m.update(count=10**6), ("means_l.webp", "texels")),
+        (lambda m: m.update(count=10**6), ("declares 1,000,000 Gaussians but its images hold only", "fewer than 1 per Gaussian")),
+        (lambda m: m.update(count=m["count"] * 4), ("means_l.webp", "texels")),
         (lambda m: m.update(count=-1), ("declares -1",)),
         (lambda m: m.update(count="40"), ("'count'", "integer")),
         (lambda m: m.pop("version"), ("version-1",)),

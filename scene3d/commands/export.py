@@ -99,10 +99,23 @@ def export_command(target, output: Path, format: str | None = None, *, prune_bel
         params, to_input = read_scene(target), None
     if options.get("layout") == "auto":
         options = {**options, "layout": sog_layout_for(run)}
+    check_exportable(target, params, output)
     fmt.write(output, params, transform=to_input, **options)
     n = params["means"].shape[0]
     Console().print(f"wrote {n:,} Gaussians to {output} as {fmt.name} ({output.stat().st_size / 1e6:.2f} MB, input coordinate frame)")
     return output
+
+
+def check_exportable(source: Path, params: dict, output: Path) -> None:
+    """A model holding NaN or Inf (a diverged or damaged run) is refused in one sentence naming
+    its source, before ``output`` is touched."""
+    from scene3d.errors import DataError
+    from scene3d.export.fileio import check_finite, model_arrays
+
+    try:
+        check_finite(model_arrays(params), "in the model", str(output))
+    except ValueError as e:
+        raise DataError(source, f"cannot be exported: {e}") from None
 
 
 def export_model_file(run_path: Path, output: Path, fmt, rank: int | None, device: str = "cpu") -> Path:

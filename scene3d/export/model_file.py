@@ -25,8 +25,8 @@ def write_model_file(path, model, transform=None, rank: int | None = None) -> Pa
     """Writes ``model`` (truncated to ``rank``, default: all it trained) at ``path``, atomically.
     ``transform`` is the run's input -> normalised similarity, kept so the file can be compared
     with its dataset."""
-    from scene3d.atomic import atomic_path
     from scene3d.models.base import config_fields
+    from scene3d.runs import save_torch_file
 
     if not model.caps.slimmable:
         raise Scene3dError(f"{path}: slimmed model files hold slimmable representations; the {model.name} one is not")
@@ -41,8 +41,7 @@ def write_model_file(path, model, transform=None, rank: int | None = None) -> Pa
         "model": model.slimmed_state(rank),
         "transform": None if transform is None else torch.as_tensor(np.asarray(transform), dtype=torch.float64),
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch_file(payload, Path(path))
     return Path(path)
 
 
@@ -50,25 +49,26 @@ def read_model_file(path, device="cpu"):
     """(model on ``device``, input -> normalised transform or None) of a file :func:`write_model_file` wrote."""
     from scene3d.models import get_model
     from scene3d.models.base import config_from_fields
+    from scene3d.runs import STATE_ERRORS, checkpoint_transform, load_torch_file, model_from_state, state_problem
 
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise DataError(path, f"is not a model file ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    payload = load_torch_file(path, "scene3d model file")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_TAG:
         raise DataError(path, f"is not a {FORMAT_TAG} file")
     if payload.get("version") != 1:
-        raise DataError(path, f"has unsupported version {payload.get('version')!r}")
+        raise DataError(path, f"has unsupported version {str(payload.get('version'))[:40]!r}")
     name = payload.get("representation", LEGACY_REPRESENTATION)
     try:
-        cls = get_model(str(name))
-        model = cls.from_state(payload["model"], config_from_fields(cls.Config, dict(payload["config"])))
+        cls = get_model(str(name)[:80])
+        cfg = config_from_fields(cls.Config, dict(payload["config"]))
     except Scene3dError as e:
         raise DataError(path, str(e)) from None
-    except (KeyError, TypeError, RuntimeError, ValueError, AttributeError, IndexError) as e:
-        raise DataError(path, f"holds a malformed model ({type(e).__name__}: {e})") from None
-    t = payload.get("transform")
-    return model.to(torch.device(device)), (None if t is None else np.asarray(t.double().numpy()))
+    except STATE_ERRORS as e:
+        raise DataError(path, f"holds a malformed model ({state_problem(e)})") from None
+    model = model_from_state(cls, payload.get("model"), cfg, path, cls.name)
+    transform = None
+    if payload.get("transform") is not None:
+        transform = checkpoint_transform({"dataset": {"transform": payload["transform"]}}, path)
+    return model.to(torch.device(device)), transform

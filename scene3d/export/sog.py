@@ -84,6 +84,13 @@ gives 65,536 entries from 131k Gaussians on; on a 160k-Gaussian fox model that p
 is 2.3 MB of a 4.5 MB file, while 8,192 entries cost 0.17 dB more test PSNR for a 1.85x smaller
 file (see the README's bench export figures). ``sh_palette=0`` restores splat-transform's rule."""
 MAX_COUNT = 1 << 27  # Gaussians a file may declare
+MIN_BYTES_PER_GAUSSIAN = 1.0
+"""Lossless WebP stores a uniform image of millions of texels in a few hundred bytes, so a tiny SOG
+can declare millions of Gaussians and decode to gigabytes. Real ones hold 3 to 20 bytes per
+Gaussian in their images (3 measured on 139k garden points with one scale, rotation and opacity for
+all at 8-bit positions; 14 on a trained fox model), so the images of
+a file must hold at least this many bytes per Gaussian it declares; the check runs before any image
+is decoded."""
 _MAX_FILE_BYTES = 1 << 31
 _MAX_META_BYTES = 16 << 20
 _SQRT2 = math.sqrt(2.0)
@@ -422,16 +429,30 @@ class _Source:
                 raise DataError(self.path, f"lacks {name}, the {what} that meta.json lists") from None
             if info.file_size > max_bytes:
                 raise DataError(
-                    self.path, f"declares {name} as {info.file_size} bytes, more than its {what} can need ({max_bytes})"
+                    self.path, f"declares {name} as {info.file_size:,} bytes, more than its {what} can need ({max_bytes:,})"
                 )
-            try:
-                return self.zip.read(member)
+            try:  # read no further than declared: a member may inflate past it (the CRC check then fails)
+                with self.zip.open(member) as f:
+                    return f.read(info.file_size)
             except Exception as e:  # noqa: BLE001 - damaged entry, bad CRC, unsupported compression, ...
                 raise DataError(self.path, f"has a damaged zip entry {name} ({e})") from None
         file = self.folder / name
         if not file.exists():
             raise DataError(self.path, f"lacks {name}, the {what} that meta.json lists (looked for {file})")
         return read_bytes(file, f"the SOG {what}", max_bytes)
+
+    def stored_size(self, name: str) -> int:
+        """The bytes ``name`` takes in the file (compressed, for a zip member); 0 when absent
+        (reading it later says so)."""
+        if self.zip is not None:
+            try:
+                return self.zip.getinfo(self.prefix + name).compress_size
+            except KeyError:
+                return 0
+        try:
+            return (self.folder / name).stat().st_size if isinstance(name, str) else 0
+        except (OSError, ValueError):
+            return 0
 
     def meta(self) -> bytes:
         if self.zip is not None:
@@ -592,6 +613,15 @@ def read_sog(path: str | Path, transform=None) -> dict[str, Tensor]:
             raise DataError(path, f"has a meta.json with shN.count {palette}; a palette has 1 to {MAX_PALETTE} entries")
         shn_cb = _codebook(path, meta, "shN.codebook")
         shn_files = _files(path, meta, "shN.files", 2)
+    images = [*means_files[:2], scales_files[0], quats_files[0], sh0_files[0], *(shn_files[:2] if bands else [])]
+    stored = sum(src.stored_size(name) for name in images)
+    if n > stored / MIN_BYTES_PER_GAUSSIAN:
+        raise DataError(
+            path,
+            f"declares {n:,} Gaussians but its images hold only {stored:,} bytes, fewer than "
+            f"{MIN_BYTES_PER_GAUSSIAN:g} per Gaussian (real SOG files hold 3 to 20); "
+            "it is refused as corrupt or a decompression bomb",
+        )
 
     def texels(name: str, what: str) -> np.ndarray:
         return _image(src, name, what, n, max_pixels)[:n]
