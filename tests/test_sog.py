@@ -502,7 +502,7 @@ def test_malformed_containers(tmp_path, small_sog):
     "edit, fragments",
     [
         (lambda m: m.update(count=10**12), ("declares 1000000000000 Gaussians",)),
-        (lambda m: m.update(count=10**6), ("declares 1,000,000 Gaussians but its images hold only", "fewer than 1 per Gaussian")),
+        (lambda m: m.update(count=10**6), ("declares 1,000,000 Gaussians", "bytes of images, more than 64 times their size")),
         (lambda m: m.update(count=m["count"] * 4), ("means_l.webp", "texels")),
         (lambda m: m.update(count=-1), ("declares -1",)),
         (lambda m: m.update(count="40"), ("'count'", "integer")),

@@ -84,13 +84,13 @@ gives 65,536 entries from 131k Gaussians on; on a 160k-Gaussian fox model that p
 is 2.3 MB of a 4.5 MB file, while 8,192 entries cost 0.17 dB more test PSNR for a 1.85x smaller
 file (see the README's bench export figures). ``sh_palette=0`` restores splat-transform's rule."""
 MAX_COUNT = 1 << 27  # Gaussians a file may declare
-MIN_BYTES_PER_GAUSSIAN = 1.0
+MAX_EXPANSION = 64
 """Lossless WebP stores a uniform image of millions of texels in a few hundred bytes, so a tiny SOG
-can declare millions of Gaussians and decode to gigabytes. Real ones hold 3 to 20 bytes per
-Gaussian in their images (3 measured on 139k garden points with one scale, rotation and opacity for
-all at 8-bit positions; 14 on a trained fox model), so the images of
-a file must hold at least this many bytes per Gaussian it declares; the check runs before any image
-is decoded."""
+can declare millions of Gaussians and decode to gigabytes. Honest files decode to 15 to 20 times
+the bytes of their images (17 for a trained fox model at SH degree 3; 19 for 139k garden points at
+degree 0 with one scale, rotation and opacity for all and 8-bit positions, about the most
+compressible a scene gets), so a file whose Gaussians would decode (as float32) to more than this
+many times its images' bytes is refused before any image is decoded."""
 _MAX_FILE_BYTES = 1 << 31
 _MAX_META_BYTES = 16 << 20
 _SQRT2 = math.sqrt(2.0)
@@ -615,11 +615,12 @@ def read_sog(path: str | Path, transform=None) -> dict[str, Tensor]:
         shn_files = _files(path, meta, "shN.files", 2)
     images = [*means_files[:2], scales_files[0], quats_files[0], sh0_files[0], *(shn_files[:2] if bands else [])]
     stored = sum(src.stored_size(name) for name in images)
-    if n > stored / MIN_BYTES_PER_GAUSSIAN:
+    decoded = 4 * n * (14 + 3 * ((bands + 1) ** 2 - 1))
+    if decoded > MAX_EXPANSION * stored:
         raise DataError(
             path,
-            f"declares {n:,} Gaussians but its images hold only {stored:,} bytes, fewer than "
-            f"{MIN_BYTES_PER_GAUSSIAN:g} per Gaussian (real SOG files hold 3 to 20); "
+            f"declares {n:,} Gaussians ({decoded:,} bytes decoded) in {stored:,} bytes of images, more than "
+            f"{MAX_EXPANSION} times their size (real SOG files decode to 15 to 20 times); "
             "it is refused as corrupt or a decompression bomb",
         )
 

@@ -110,11 +110,11 @@ def spz_sh_tolerance(bits: int) -> float:
 
 _COORDINATE_SYSTEM_EXTENSION = 0xADBE0003
 _MAX_EXTENSION_BYTES = 1 << 20
-# Deflate can expand data about 1032:1, so a tiny file may honestly declare millions of Gaussians
+# Deflate can expand data about 1032:1, so a tiny file may declare millions of Gaussians
 # and inflate to gigabytes. Real spz files inflate 2 to 4 times (quantised attributes are nearly
 # random bytes); a file declaring more than this many inflated bytes per compressed byte is
 # refused before anything is inflated or allocated.
-MAX_INFLATION = 32
+MAX_INFLATION = 16
 # Which axes each SH basis function of bands 1-3 (3DGS order) is odd in: its sign under an axis flip.
 _SH_ODD_AXES = ("y", "z", "x", "xy", "yz", "", "xz", "", "y", "xyz", "y", "z", "x", "z", "x")
 _RUB_FROM_RDF = (1.0, -1.0, -1.0)
