@@ -178,12 +178,27 @@ def read_points3D_bin(path: Path) -> tuple[np.ndarray, ...]:
     return ids, xyz, rgb, err, tracks
 
 
-def _text_lines(path: Path) -> list[list[str]]:
+MAX_TEXT_LINE = 64 << 20
+"""Longest line a COLMAP text file may have (an image's observations or a point's track: 64 MiB
+is millions of entries); the files are read a line at a time, never whole."""
+
+
+def _lines(path: Path):
+    """The file's lines without comments, blank ones kept, read one at a time."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        with open(path, encoding="utf-8", errors="replace") as f:
+            while line := f.readline(MAX_TEXT_LINE + 1):
+                if len(line) > MAX_TEXT_LINE:
+                    raise DataError(path, f"has a line longer than {MAX_TEXT_LINE:,} characters, so it is not a COLMAP text file")
+                if not line.lstrip().startswith("#"):
+                    yield line
     except OSError as e:
         raise DataError(path, f"cannot be read ({e.strerror or e})") from None
-    return [ln.split() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def _text_lines(path: Path):
+    """The fields of each data line (not blank, not a comment), one line at a time."""
+    return (ln.split() for ln in _lines(path) if ln.strip())
 
 
 def _parse(path: Path, lineno: int, fn, *args):
@@ -210,22 +225,22 @@ def read_cameras_txt(path: Path) -> dict[int, ColmapCamera]:
     return cams
 
 
+def _image_pairs(path: Path):
+    """(header line, observations line) of each image; the second may be empty or, at the end of
+    the file, absent. Blank lines after the last image are not an image."""
+    lines = _lines(path)
+    for header in lines:
+        observations = next(lines, "")
+        if header.strip() or observations.strip():
+            yield header, observations
+
+
 def read_images_txt(path: Path) -> dict[int, ColmapImage]:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        raise DataError(path, f"cannot be read ({e.strerror or e})") from None
-    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
-    # Images take two lines each; the second (observations) may be empty.
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if len(lines) % 2 == 1:
-        lines.append("")
     images = {}
-    for i in range(0, len(lines), 2):
-        def one(i=i):
-            f = lines[i].split()
-            obs = np.array([float(v) for v in lines[i + 1].split()]).reshape(-1, 3)
+    for i, (header, observations) in enumerate(_image_pairs(path)):
+        def one(header=header, observations=observations):
+            f = header.split()
+            obs = np.array([float(v) for v in observations.split()]).reshape(-1, 3)
             if not np.isfinite(obs[:, 2]).all() or np.abs(obs[:, 2]).max(initial=0) >= 2**63:
                 raise ValueError("a point id is not an integer")
             return ColmapImage(
@@ -237,17 +252,20 @@ def read_images_txt(path: Path) -> dict[int, ColmapImage]:
                 obs[:, :2],
                 obs[:, 2].astype(np.int64),
             )
-        img = _parse(path, i, one)
+        img = _parse(path, 2 * i, one)
         images[img.id] = img
     return images
 
 
 def read_points3D_txt(path: Path) -> tuple[np.ndarray, ...]:
-    rows = _text_lines(path)
-    n = len(rows)
+    n = sum(1 for ln in _lines(path) if ln.strip())  # a first pass counts, so the arrays are allocated once
     ids, xyz, rgb = np.empty(n, np.int64), np.empty((n, 3)), np.empty((n, 3), np.uint8)
     err, tracks = np.empty(n), np.empty(n, np.int64)
-    for i, f in enumerate(rows):
+    read = 0
+    for i, f in enumerate(_text_lines(path)):
+        if i >= n:
+            raise DataError(path, "changed while it was read")
+        read += 1
         def one(i=i, f=f):
             ids[i] = int(f[0])
             xyz[i] = [float(v) for v in f[1:4]]
@@ -258,6 +276,8 @@ def read_points3D_txt(path: Path) -> tuple[np.ndarray, ...]:
             err[i] = float(f[7])
             tracks[i] = (len(f) - 8) // 2
         _parse(path, i, one)
+    if read != n:
+        raise DataError(path, "changed while it was read")
     return ids, xyz, rgb, err, tracks
 
 
