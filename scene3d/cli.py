@@ -398,7 +398,42 @@ def bench_train_step(
     run_bench(run, as_json=json_out, steps=steps, warmup=warmup, rounds=rounds, device=device, backend=backend, log_every=log_every)
 
 
-BENCH_COMMANDS = {"rasterize": bench_rasterize, "densify": bench_densify, "export": bench_export, "view": bench_view, "slim": bench_slim, "train-step": bench_train_step}
+def bench_rays(
+    run: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")],
+    ranks: tuple[int, ...] = (16, 8, 4, 2, 1),
+    images: int = 10,
+    viewer_size: int = 256,
+    steps: int = 20,
+    warmup: int = 3,
+    rounds: int = 3,
+    device: str = "auto",
+    json_out: Annotated[bool, tyro.conf.arg(name="json")] = False,
+) -> None:
+    """What a ray model (a NeRF run) costs: seconds per test view, samples per pixel and PSNR per
+    rank (slimmable models), a viewer frame's time, and training steps per second.
+
+    Args:
+        run: a trained run of a ray representation (slimmerf).
+        ranks: ranks to render at besides the trained one (slimmable models; others render once).
+        images: evenly spaced test views timed per rank.
+        viewer_size: side of the square viewer frame timed, in pixels.
+        steps: training steps per timing.
+        warmup: untimed training steps before each timing.
+        rounds: training timings; the median is reported.
+        device: auto, cpu or cuda.
+        json_out: print one JSON object instead of a table.
+    """
+    from scene3d.bench.rays import print_table, run_bench
+
+    result = run_bench(run, ranks, images, viewer_size, steps, warmup, rounds, device)
+    if json_out:
+        print(json.dumps(result, indent=2))
+    else:
+        print_table(result)
+
+
+BENCH_COMMANDS = {"rasterize": bench_rasterize, "densify": bench_densify, "export": bench_export, "view": bench_view, "slim": bench_slim, "train-step": bench_train_step,
+                  "rays": bench_rays}  # fmt: skip
 
 
 def bench(name: tyro.conf.Positional[Literal[tuple(BENCH_COMMANDS)]]) -> None:  # type: ignore[valid-type]

@@ -99,6 +99,9 @@ class SlimmeRFConfig:
     hidden: int = 128
     weight_threshold: float = 1e-4
     """Samples whose rendering weight is below this skip the appearance network."""
+    early_stop: float = 1e-4
+    """Rendering (not training) stops a ray once its transmittance falls to this: each pixel
+    changes by at most this fraction of the colour behind it."""
     shade_topk: int = 8
     """In training, each ray's heaviest samples are shaded whatever their weight (so the field
     learns from the first step, also on dark backgrounds)."""
@@ -353,25 +356,43 @@ class SlimmeRFModel(Representation):
         return plane, line
 
     @staticmethod
-    def _sample(params, coords: Tensor, p: int) -> Tensor:
-        return F.grid_sample(params[p], coords[[p]], align_corners=True).view(params[p].shape[1], -1)
+    def _sample(params, coords: Tensor, p: int, channels: int | None = None) -> Tensor:
+        grid = params[p] if channels is None else params[p][:, :channels]  # a leading-channel slice: no copy
+        return F.grid_sample(grid, coords[[p]], align_corners=True).view(grid.shape[1], -1)
+
+    def _kept(self, rank: int | None) -> int:
+        return self.current_rank if rank is None else max(1, min(int(rank), self.cfg.rank))
 
     def density(self, pts: Tensor, rank: int | None = None, epsilon: float | None = None) -> Tensor:
-        """sigma [M] (per unit of normalised distance) at points [M, 3]."""
+        """sigma [M] (per unit of normalised distance) at points [M, 3]. Components above ``rank``
+        are scaled by ``epsilon`` (training); with ``epsilon=0`` they are not evaluated at all
+        (rendering a slimmed model)."""
         plane, line = self._coords(pts)
-        d_mask, _ = self.rank_masks(rank, epsilon)
         feat = torch.zeros(pts.shape[0], device=pts.device)
-        for p in range(3):
-            prod = self._sample(self.density_planes, plane, p) * self._sample(self.density_lines, line, p)
-            feat = feat + (prod * d_mask[:, None]).sum(0)
+        if epsilon == 0:
+            r = self._kept(rank)
+            for p in range(3):
+                feat = feat + (self._sample(self.density_planes, plane, p, r) * self._sample(self.density_lines, line, p, r)).sum(0)
+        else:
+            d_mask, _ = self.rank_masks(rank, epsilon)
+            for p in range(3):
+                prod = self._sample(self.density_planes, plane, p) * self._sample(self.density_lines, line, p)
+                feat = feat + (prod * d_mask[:, None]).sum(0)
         return F.softplus(feat + self.cfg.density_shift) * self.density_scale
 
     def color(self, pts: Tensor, dirs: Tensor, rank: int | None = None, epsilon: float | None = None) -> Tensor:
-        """rgb [M, 3] at points [M, 3] seen along unit directions [M, 3]."""
+        """rgb [M, 3] at points [M, 3] seen along unit directions [M, 3] (``rank`` and ``epsilon``
+        as in :meth:`density`)."""
         plane, line = self._coords(pts)
-        _, a_mask = self.rank_masks(rank, epsilon)
-        feats = [self._sample(self.app_planes, plane, p) * self._sample(self.app_lines, line, p) for p in range(3)]
-        app = self.basis((torch.cat(feats) * a_mask[:, None]).T)
+        if epsilon == 0:
+            r, R = self._kept(rank), self.cfg.rank
+            feats = [self._sample(self.app_planes, plane, p, 3 * r) * self._sample(self.app_lines, line, p, 3 * r) for p in range(3)]
+            keep = torch.cat([torch.arange(p * 3 * R, p * 3 * R + 3 * r, device=pts.device) for p in range(3)])
+            app = F.linear(torch.cat(feats).T, self.basis.weight[:, keep])
+        else:
+            _, a_mask = self.rank_masks(rank, epsilon)
+            feats = [self._sample(self.app_planes, plane, p) * self._sample(self.app_lines, line, p) for p in range(3)]
+            app = self.basis((torch.cat(feats) * a_mask[:, None]).T)
         c = self.cfg
         x = torch.cat([app, dirs, positional_encoding(app, c.fea_pe), positional_encoding(dirs, c.view_pe)], dim=-1)
         return torch.sigmoid(self.mlp(x))
@@ -401,14 +422,18 @@ class SlimmeRFModel(Representation):
 
     @torch.no_grad()
     def render(self, cameras: Cameras, *, background: Tensor | None = None, options: dict | None = None, crop=None):
-        """Renders one camera's whole image in chunks of rays; returns rgb, alpha, depth [1, H, W, .].
-        ``options["rank"]`` slims the render (capped at the rank trained, and at :meth:`use_rank`'s)."""
-        from scene3d.renderers.rays import render_image
+        """Renders one camera's whole image, marched front to back a tile at a time (empty space
+        skipped, opaque rays stopped: :func:`~scene3d.renderers.rays.march.march_image`); returns
+        rgb, alpha, depth [1, H, W, .]. ``options["rank"]`` slims the render (capped at the rank
+        trained, and at :meth:`use_rank`'s): the components above it are not evaluated."""
+        from scene3d.renderers.rays.march import march_image
 
         rank = self.current_rank if self.eval_rank is None else min(self.eval_rank, self.current_rank)
         if options and options.get("rank") is not None:
             rank = min(int(options["rank"]), rank)
-        return render_image(cameras=cameras, chunk=8192, background=background, **self._ray_options(rank, None, crop))
+        opts = self._ray_options(rank, 0.0, crop)
+        return march_image(lambda p: self.density(p, rank, 0.0), opts["color"], cameras, sampler=opts["sampler"], background=background,
+                           weight_threshold=self.cfg.weight_threshold, early_stop=self.cfg.early_stop)  # fmt: skip
 
     # ------------------------------------------------------------------ training by rays
     def batch(self, data, step: int, generator: torch.Generator):

@@ -1,0 +1,155 @@
+"""Inference marching (scene3d.renderers.rays.march) against the training renderer, and slimmed
+SlimmeRF renders that skip the components above their rank."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from scene3d.renderers.rays import OccupancyGrid, OccupancySampler, Rays, render_rays
+from scene3d.renderers.rays.march import march_image, march_rays, tile_order
+from scene_files import orbit_cameras
+
+CENTRES = torch.tensor([[0.3, 0.0, 0.0], [-0.35, 0.2, 0.1], [0.0, -0.3, -0.3]])
+
+
+def density(points):
+    """Three dense blobs: rays through them become opaque well before they leave the box."""
+    d2 = ((points[:, None, :] - CENTRES[None]) ** 2).sum(-1)
+    return 400.0 * torch.exp(-d2 / (2 * 0.12**2)).sum(-1)
+
+
+def color(points, dirs):
+    return torch.sigmoid(torch.cat([points * 3.0, dirs[:, :1]], dim=1))[:, :3]
+
+
+def _setup(early_grid: bool = True):
+    aabb = [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]
+    grid = OccupancyGrid(aabb, 32)
+    grid.update(0, density, occ_thre=0.01, n=1, step_size=0.01, generator=torch.Generator().manual_seed(0))
+    assert 0.01 < grid.occupied_fraction() < 0.5  # empty space is there to skip
+    sampler = OccupancySampler(aabb, step_size=0.01, max_samples=400, grid=grid if early_grid else None)
+    g = torch.Generator().manual_seed(1)
+    origins = torch.randn(3000, 3, generator=g)
+    origins = 2.5 * origins / origins.norm(dim=1, keepdim=True)
+    targets = 0.5 * (torch.rand(3000, 3, generator=g) - 0.5)
+    dirs = targets - origins
+    return sampler, Rays(origins, dirs / dirs.norm(dim=1, keepdim=True))
+
+
+@pytest.mark.parametrize("with_grid", [True, False])
+def test_marching_without_early_stop_equals_the_training_renderer(with_grid):
+    sampler, rays = _setup(with_grid)
+    bg = torch.tensor([1.0, 0.5, 0.0])
+    ref = render_rays(density, rays, sampler=sampler, color=color, background=bg, weight_threshold=1e-4, backend="torch")
+    out = march_rays(density, color, rays, sampler=sampler, background=bg, weight_threshold=1e-4, early_stop=0.0, block=16)
+    assert out.num_samples == ref.num_samples  # the same intervals, every one of them
+    torch.testing.assert_close(out.rgb, ref.rgb, atol=2e-6, rtol=0)
+    torch.testing.assert_close(out.alpha, ref.alpha, atol=2e-6, rtol=0)
+    torch.testing.assert_close(out.depth, ref.depth, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("early_stop", [1e-4, 1e-2])
+def test_early_stop_changes_no_pixel_by_more_than_it_allows_and_saves_samples(early_stop):
+    sampler, rays = _setup()
+    bg = torch.tensor([1.0, 1.0, 1.0])
+    full = march_rays(density, color, rays, sampler=sampler, background=bg, weight_threshold=1e-4, early_stop=0.0)
+    fast = march_rays(density, color, rays, sampler=sampler, background=bg, weight_threshold=1e-4, early_stop=early_stop)
+    assert (fast.rgb - full.rgb).abs().max() <= early_stop  # colours and background are at most 1
+    assert (fast.alpha - full.alpha).abs().max() <= early_stop
+    opaque = (full.alpha > 0.999).float().mean()
+    assert opaque > 0.2  # the scene stops many rays
+    assert fast.num_samples < 0.75 * full.num_samples, (fast.num_samples, full.num_samples)
+
+
+def test_the_block_size_changes_nothing():
+    sampler, rays = _setup()
+    outs = [march_rays(density, color, rays, sampler=sampler, weight_threshold=1e-4, early_stop=1e-4, block=b) for b in (1, 7, 64, 512)]
+    for out in outs[1:]:
+        torch.testing.assert_close(out.rgb, outs[0].rgb, atol=2e-6, rtol=0)
+
+
+def test_tiles_cover_every_pixel_once():
+    order = tile_order(70, 45, 16)
+    assert sorted(order.tolist()) == list(range(70 * 45))
+    first = order[:256]
+    assert (first // 45).max() < 16 and (first % 45).max() < 16  # the first tile is the top-left 16 x 16
+
+
+def test_an_image_marched_in_tiles_equals_rays_marched_at_once():
+    sampler, _ = _setup()
+    cam = orbit_cameras(1, radius=2.5, size=40)
+    from scene3d.renderers.rays import camera_rays
+
+    rays, h, w = camera_rays(cam)
+    whole = march_rays(density, color, rays, sampler=sampler, weight_threshold=1e-4)
+    image = march_image(density, color, cam, sampler=sampler, weight_threshold=1e-4, tile=16)
+    torch.testing.assert_close(image.rgb.reshape(-1, 3), whole.rgb, atol=2e-6, rtol=0)
+    assert image.num_samples == whole.num_samples
+
+
+# ---------------------------------------------------------------------------- slimmed SlimmeRF
+def _slimmerf(rank: int = 6):
+    from scene3d.models.slimmerf import SlimmeRFConfig, SlimmeRFModel
+
+    cfg = SlimmeRFConfig(rank=rank, grid_init=24, hidden=16, density_shift=-2.0, occupancy_resolution=16)
+    model = SlimmeRFModel(cfg, torch.tensor([[-1.0, -1, -1], [1.0, 1, 1]]), [24, 25, 26], rank=rank)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.5 * torch.randn(p.shape, generator=g))
+    model.update_occupancy(0)
+    return model
+
+
+def test_a_rank_r_render_equals_the_full_model_with_the_components_above_r_removed():
+    model, r = _slimmerf(), 2
+    cam = orbit_cameras(1, radius=2.5, size=24)
+    slim = model.render(cam, options={"rank": r})
+    R = model.cfg.rank
+    with torch.no_grad():  # the same model with the components above r set to zero, at full rank
+        for planes, width in ((model.density_planes, 1), (model.density_lines, 1), (model.app_planes, 3), (model.app_lines, 3)):
+            for p in planes:
+                p[:, width * r :] = 0
+    full = model.render(cam, options={"rank": R})
+    torch.testing.assert_close(slim.rgb, full.rgb, atol=1e-5, rtol=0)
+    torch.testing.assert_close(slim.depth, full.depth, atol=1e-4, rtol=0)
+
+
+def test_rank_r_rendering_evaluates_no_component_above_r(monkeypatch):
+    import scene3d.models.slimmerf as slimmerf
+
+    model = _slimmerf()
+    cam = orbit_cameras(1, radius=2.5, size=16)
+    seen: list[int] = []
+    original = slimmerf.F.grid_sample
+
+    def counting(grid, coords, **kw):
+        seen.append(grid.shape[1])
+        return original(grid, coords, **kw)
+
+    monkeypatch.setattr(slimmerf.F, "grid_sample", counting)
+    for r in (1, 3, 6):
+        seen.clear()
+        model.render(cam, options={"rank": r})
+        assert seen and max(seen) == 3 * r and min(seen) == r  # density: r channels, appearance: 3r
+    assert math.isclose(model.cfg.early_stop, 1e-4)
+
+
+def test_bench_rays_reports_every_rank_and_training_speed(slim_run):
+    import json
+
+    from tests.runs import cli
+
+    r = cli("bench", "rays", str(slim_run), "--images", "2", "--ranks", "2", "1", "--viewer-size", "32", "--steps", "2", "--warmup", "0",
+            "--rounds", "1", "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert [row["rank"] for row in result["rows"]] == [4, 2, 1]  # the trained rank first
+    for row in result["rows"]:
+        assert row["views"] == 2 and row["seconds_per_view"] > 0 and row["viewer_frame_seconds"] > 0
+        assert 0 < row["samples_per_pixel"] < 96  # bounded by the model's max samples per ray
+    assert result["rows"][0]["psnr"] > 16 and result["train_steps_per_second"] > 0
+    assert result["image_size"] == [40, 30] and result["model"] == "slimmerf"
