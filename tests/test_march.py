@@ -119,23 +119,67 @@ def test_a_rank_r_render_equals_the_full_model_with_the_components_above_r_remov
 
 
 def test_rank_r_rendering_evaluates_no_component_above_r(monkeypatch):
+    """Counted: the numba path copies and reads only the first r density and 3r appearance
+    channels; the grid_sample path samples only those channels."""
     import scene3d.models.slimmerf as slimmerf
+    import scene3d.renderers.rays.vm as vm
 
     model = _slimmerf()
     cam = orbit_cameras(1, radius=2.5, size=16)
-    seen: list[int] = []
-    original = slimmerf.F.grid_sample
+    copied: list[int] = []
+    original_copy = vm.channels_last
 
-    def counting(grid, coords, **kw):
-        seen.append(grid.shape[1])
-        return original(grid, coords, **kw)
+    def counting_copy(planes, lines, channels):
+        grids = original_copy(planes, lines, channels)
+        copied.extend(a.shape[-1] for a in (*grids[0], *grids[1]))
+        return grids
 
-    monkeypatch.setattr(slimmerf.F, "grid_sample", counting)
+    monkeypatch.setattr(vm, "channels_last", counting_copy)
+    sampled: list[int] = []
+    original_sample = slimmerf.F.grid_sample
+
+    def counting_sample(grid, coords, **kw):
+        sampled.append(grid.shape[1])
+        return original_sample(grid, coords, **kw)
+
+    monkeypatch.setattr(slimmerf.F, "grid_sample", counting_sample)
+    pts = torch.rand(500, 3) * 2 - 1
+    dirs = torch.nn.functional.normalize(torch.randn(500, 3), dim=1)
     for r in (1, 3, 6):
-        seen.clear()
+        copied.clear()
         model.render(cam, options={"rank": r})
-        assert seen and max(seen) == 3 * r and min(seen) == r  # density: r channels, appearance: 3r
+        assert sorted(set(copied)) == [r, 3 * r] and not sampled  # the CPU render reads channels-last copies only
+        model.density(pts, r, 0.0)
+        model.color(pts, dirs, r, 0.0)
+        assert sorted(set(sampled)) == [r, 3 * r]
+        sampled.clear()
     assert math.isclose(model.cfg.early_stop, 1e-4)
+
+
+def test_the_numba_vm_kernels_equal_grid_sample():
+    from scene3d.renderers.rays import vm
+
+    g = torch.Generator().manual_seed(0)
+    planes = [torch.randn(1, 48, 30 + p, 40 - p, generator=g) for p in range(3)]
+    lines = [torch.randn(1, 48, 25 + 3 * p, 1, generator=g) for p in range(3)]
+    x = torch.rand(5000, 3, generator=g) * 2 - 1
+    x[:6] = torch.tensor([[-1.0, -1, -1], [1, 1, 1], [1, -1, 1], [0.99999, 1, -1], [1.2, 0, 0], [0, -1.5, 0.3]])  # faces, corners, outside
+    for channels in (1, 12, 48):
+        grids = vm.channels_last(planes, lines, channels)
+        torch.testing.assert_close(vm.vm_density_features(grids, x), vm.vm_density_features_torch(planes, lines, x, channels), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(vm.vm_stacked_features(grids, x), vm.vm_stacked_features_torch(planes, lines, x, channels), atol=1e-5, rtol=1e-5)
+
+
+def test_slimmerf_renders_the_same_through_the_kernels_and_grid_sample(monkeypatch):
+    import scene3d.models.slimmerf as slimmerf
+
+    model = _slimmerf()
+    cam = orbit_cameras(1, radius=2.5, size=24)
+    fast = model.render(cam, options={"rank": 4})
+    monkeypatch.setattr(slimmerf, "_numba_available", lambda: False)
+    twin = model.render(cam, options={"rank": 4})
+    torch.testing.assert_close(fast.rgb, twin.rgb, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fast.alpha, twin.alpha, atol=1e-5, rtol=0)
 
 
 def test_bench_rays_reports_every_rank_and_training_speed(slim_run):

@@ -27,6 +27,7 @@ weight exceeds ``weight_threshold``, as TensoRF does.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -58,6 +59,10 @@ class SlimmeRFConfig:
     """Fewest steps between two rank incrementations."""
     rank_epsilon: float = 1e-6
     """Components above the current rank are multiplied by this (not zeroed, so they still learn)."""
+    prefix_prob: float = 0.0
+    """Nested training (not in the paper): the probability that a step trains a random prefix of
+    the components (rank 1 to the current rank, uniform) instead of all of them, so every prefix
+    stays a model of its own after later components are switched on. 0 is the reference."""
     app_dim: int = 27
     """Width of the appearance feature the shading MLP reads."""
     grid_init: int = 128
@@ -213,6 +218,7 @@ class SlimmeRFModel(Representation):
         self.eval_rank: int | None = None  # slimming at test time: render() uses this rank
         self.step_size = self._step_size()
         self.last_loss: float | None = None
+        self.train_rank: int | None = None  # the prefix this training step renders (None: the current rank)
         self.last_rank_step = -10**9
         self.upsample_index = 0
         self.lr_reset_step = 0
@@ -333,12 +339,10 @@ class SlimmeRFModel(Representation):
     def after_step(self, step: int, losses: dict[str, Tensor]) -> None:
         """TRaIn (on this step's photometric loss), the occupancy grid, the alpha mask and the upsampling schedule."""
         c = self.cfg
-        loss = float(losses["rgb"])  # TRaIn decides on the host: one synchronisation per step
-        if self.last_loss is not None and self.current_rank < c.rank and step - self.last_rank_step > c.rank_cooldown:
-            if abs(self.last_loss - loss) / max(loss, 1e-12) > c.rank_upsilon:
-                self.current_rank = min(self.current_rank + c.rank_inc, c.rank)
-                self.last_rank_step = step
-        self.last_loss = loss
+        if getattr(self, "train_rank", None) is not None:
+            self.train_rank = None  # a prefix step: its loss is not comparable with the full model's (TRaIn skips it)
+        else:
+            self._rank_increment(step, float(losses["rgb"]))  # TRaIn decides on the host: one synchronisation per step
         done = step + 1
         if c.occupancy_every and done % c.occupancy_every == 0:
             self.update_occupancy(done)
@@ -346,6 +350,14 @@ class SlimmeRFModel(Representation):
             self.update_alpha_mask(shrink=done == c.alpha_mask_steps[0])
         if done in c.upsample_steps:
             self.upsample(done)
+
+    def _rank_increment(self, step: int, loss: float) -> None:
+        c = self.cfg
+        if self.last_loss is not None and self.current_rank < c.rank and step - self.last_rank_step > c.rank_cooldown:
+            if abs(self.last_loss - loss) / max(loss, 1e-12) > c.rank_upsilon:
+                self.current_rank = min(self.current_rank + c.rank_inc, c.rank)
+                self.last_rank_step = step
+        self.last_loss = loss
 
     # ------------------------------------------------------------------ features
     def _coords(self, pts: Tensor) -> tuple[Tensor, Tensor]:
@@ -393,9 +405,37 @@ class SlimmeRFModel(Representation):
             _, a_mask = self.rank_masks(rank, epsilon)
             feats = [self._sample(self.app_planes, plane, p) * self._sample(self.app_lines, line, p) for p in range(3)]
             app = self.basis((torch.cat(feats) * a_mask[:, None]).T)
+        return self._shade_features(app, dirs)
+
+    def _shade_features(self, app: Tensor, dirs: Tensor) -> Tensor:
         c = self.cfg
         x = torch.cat([app, dirs, positional_encoding(app, c.fea_pe), positional_encoding(dirs, c.view_pe)], dim=-1)
         return torch.sigmoid(self.mlp(x))
+
+    def render_fields(self, rank: int):
+        """(density, colour) functions of points for rendering at ``rank``: only its components are
+        evaluated. On the CPU they run the numba VM kernels (:mod:`scene3d.renderers.rays.vm`) over
+        channels-last copies of the grids made here, once per image; elsewhere the
+        ``grid_sample`` path of :meth:`density` and :meth:`color`."""
+        r, R = self._kept(rank), self.cfg.rank
+        if self.aabb.device.type != "cpu" or not _numba_available():
+            return (lambda pts: self.density(pts, r, 0.0)), (lambda pts, dirs: self.color(pts, dirs, r, 0.0))
+        from scene3d.renderers.rays.vm import channels_last, vm_density_features, vm_stacked_features
+
+        density_grids = channels_last(self.density_planes, self.density_lines, r)
+        app_grids = channels_last(self.app_planes, self.app_lines, 3 * r)
+        keep = torch.cat([torch.arange(p * 3 * R, p * 3 * R + 3 * r) for p in range(3)])
+        basis = self.basis.weight.detach()[:, keep].contiguous()
+        lo, size = self.aabb[0], self.aabb[1] - self.aabb[0]
+
+        def density(pts: Tensor) -> Tensor:
+            feat = vm_density_features(density_grids, (pts - lo) / size * 2 - 1)
+            return F.softplus(feat + self.cfg.density_shift) * self.density_scale
+
+        def color(pts: Tensor, dirs: Tensor) -> Tensor:
+            return self._shade_features(F.linear(vm_stacked_features(app_grids, (pts - lo) / size * 2 - 1), basis), dirs)
+
+        return density, color
 
     # ------------------------------------------------------------------ rendering
     def _ray_options(self, rank: int | None, epsilon: float | None, crop) -> dict:
@@ -431,8 +471,8 @@ class SlimmeRFModel(Representation):
         rank = self.current_rank if self.eval_rank is None else min(self.eval_rank, self.current_rank)
         if options and options.get("rank") is not None:
             rank = min(int(options["rank"]), rank)
-        opts = self._ray_options(rank, 0.0, crop)
-        return march_image(lambda p: self.density(p, rank, 0.0), opts["color"], cameras, sampler=opts["sampler"], background=background,
+        density, color = self.render_fields(rank)
+        return march_image(density, color, cameras, sampler=self._ray_options(rank, 0.0, crop)["sampler"], background=background,
                            weight_threshold=self.cfg.weight_threshold, early_stop=self.cfg.early_stop)  # fmt: skip
 
     # ------------------------------------------------------------------ training by rays
@@ -440,7 +480,12 @@ class SlimmeRFModel(Representation):
         return data.ray_batch(step, self.cfg.batch_rays, generator)
 
     def forward(self, batch, step: int):
-        return self.render_rays(batch.rays, background=batch.background, stratified=True, generator=batch.generator)
+        self.train_rank = None
+        if self.cfg.prefix_prob > 0 and self.current_rank > 1:
+            u = torch.rand(2, generator=batch.generator, device=batch.generator.device).tolist()
+            if u[0] < self.cfg.prefix_prob:
+                self.train_rank = 1 + min(int(u[1] * self.current_rank), self.current_rank - 1)
+        return self.render_rays(batch.rays, background=batch.background, rank=self.train_rank, stratified=True, generator=batch.generator)
 
     def losses(self, out, batch, step: int) -> dict[str, Tensor]:
         """MSE on the rays, L1 on the (rank-masked) density components, and TV when its weights are set."""
@@ -565,6 +610,15 @@ class SlimmeRFModel(Representation):
 
     def focus(self):
         return focus_of_box(self.aabb)
+
+
+@functools.cache
+def _numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _tv(x: Tensor) -> Tensor:

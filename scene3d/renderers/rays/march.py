@@ -76,23 +76,27 @@ def march_rays(
     step = float(sampler.step_size)
     span = torch.clamp(far - near, min=0.0)
     steps = torch.clamp(torch.ceil(span / step), max=sampler.max_samples).long()  # intervals k with near + k step < far
-    longest = int(steps.max()) if n else 0
+    if sampler.grid is not None:  # each ray's occupied stretch: the intervals before and after it are empty
+        first, last = sampler.grid.ray_spans(origins, dirs, near, far, steps, step)
+        first, last = first.to(device), last.to(device)
+    else:
+        first, last = torch.zeros_like(steps), steps - 1
+    longest = int((last - first).max()) + 1 if n else 0
     transmittance = torch.ones(n, device=device)
     rgb_sum: Tensor | None = None
     alpha_sum = torch.zeros(n, device=device)
     depth_sum = torch.zeros(n, device=device)
-    alive = torch.nonzero(steps > 0).squeeze(1)
+    alive = torch.nonzero(last >= first).squeeze(1)
     evaluated = shaded = 0
-    offsets = torch.arange(block, device=device, dtype=origins.dtype)
-    for start in range(0, longest, block):
+    offsets = torch.arange(block, device=device)
+    for start in range(0, max(longest, 0), block):
         if alive.numel() == 0:
             break
         a_near, a_far = near[alive, None], far[alive, None]
-        t_starts = a_near + (start + offsets)[None, :] * step
+        k = first[alive, None] + start + offsets[None, :]
+        t_starts = a_near + k.to(origins.dtype) * step
         t_ends = torch.minimum(t_starts + step, a_far)
-        valid = t_starts < a_far
-        if start + block > sampler.max_samples:
-            valid &= (start + offsets < sampler.max_samples)[None, :]
+        valid = (t_starts < a_far) & (k <= last[alive, None])
         mids = origins[alive, None, :] + dirs[alive, None, :] * (0.5 * (t_starts + t_ends))[..., None]
         if sampler.grid is not None:
             valid &= sampler.grid.occupied(mids.reshape(-1, 3)).reshape(valid.shape)
@@ -117,7 +121,7 @@ def march_rays(
                 rgb_sum.index_add_(0, alive[ray[keep]], w[keep, None] * rgb)
                 shaded += int(keep.sum())
             transmittance[alive] = transmittance[alive] * survive[:, -1]
-        go_on = start + block < steps[alive]
+        go_on = first[alive] + start + block <= last[alive]
         if early_stop > 0:  # 0: march every ray to its end (the training renderer's samples, for comparison)
             go_on &= transmittance[alive] > early_stop
         alive = alive[go_on]

@@ -24,8 +24,10 @@ counts every cell as occupied, so sampling is unrestricted until the first updat
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -84,6 +86,26 @@ class OccupancyGrid(nn.Module):
         ijk = torch.floor((points - lo) / (hi - lo) * r).long().clamp(0, r - 1)
         flat = (ijk[:, 0] * r + ijk[:, 1]) * r + ijk[:, 2]
         return inside & self.binary.reshape(-1).to(points.device)[flat]
+
+    @torch.no_grad()
+    def ray_spans(self, origins: Tensor, dirs: Tensor, near: Tensor, far: Tensor, steps: Tensor, step_size: float) -> tuple[Tensor, Tensor]:
+        """For each ray, (first, last) indices k of the marching intervals ``[near + k step,
+        min(near + (k + 1) step, far))``, k < ``steps``, whose midpoints lie in occupied cells,
+        widened by one interval each way (so rounding at a cell face never drops a sample);
+        ``first > last`` when none does. A numba loop per ray on the CPU (it stops at the first
+        and last hit); elsewhere every interval counts (0, steps - 1)."""
+        if origins.device.type != "cpu" or not _numba_available():
+            return torch.zeros_like(steps), steps - 1
+        kernel = _span_kernel()
+        binary = np.ascontiguousarray(self.binary.cpu().numpy().astype(np.uint8).reshape(-1))
+        box = self.aabb.cpu().numpy().astype(np.float32)
+
+        def np32(t: Tensor) -> np.ndarray:
+            return np.ascontiguousarray(t.detach().to(torch.float32).cpu().numpy())
+
+        first, last = kernel(np32(origins), np32(dirs), np32(near), np32(far), np.ascontiguousarray(steps.cpu().numpy().astype(np.int64)),
+                             np.float32(step_size), binary, self.resolution, box)  # fmt: skip
+        return torch.from_numpy(first), torch.from_numpy(last)
 
     @torch.no_grad()
     def update(
@@ -146,3 +168,59 @@ class OccupancyGrid(nn.Module):
             f"density_fn must return one density per point ([{points.shape[0]}]), got {tuple(sigma.shape)}"
         )
         return sigma.reshape(-1).to(torch.float32)
+
+
+@functools.cache
+def _numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def _span_kernel():
+    from numba import njit, prange
+
+    @njit(inline="always")
+    def occupied(o, d, near, far, k, step, binary, r, box):
+        ts = near + np.float32(k) * step
+        te = min(ts + step, far)
+        tm = np.float32(0.5) * (ts + te)
+        idx = 0
+        for axis in range(3):
+            x = o[axis] + d[axis] * tm
+            lo, hi = box[axis], box[axis + 3]
+            if not (x >= lo and x <= hi):
+                return False
+            i = int(np.floor((x - lo) / (hi - lo) * np.float32(r)))
+            i = min(max(i, 0), r - 1)
+            idx = idx * r + i
+        return binary[idx] != 0
+
+    @njit(parallel=True, cache=True)
+    def spans(origins, dirs, near, far, steps, step, binary, r, box):
+        n = origins.shape[0]
+        first = np.empty(n, np.int64)
+        last = np.empty(n, np.int64)
+        for i in prange(n):
+            s = steps[i]
+            f = s
+            for k in range(s):
+                if occupied(origins[i], dirs[i], near[i], far[i], k, step, binary, r, box):
+                    f = k
+                    break
+            l_ = -1
+            if f < s:
+                for k in range(s - 1, f - 1, -1):
+                    if occupied(origins[i], dirs[i], near[i], far[i], k, step, binary, r, box):
+                        l_ = k
+                        break
+            if l_ < 0:
+                first[i], last[i] = 1, 0
+            else:
+                first[i], last[i] = max(f - 1, 0), min(l_ + 1, s - 1)
+        return first, last
+
+    return spans
