@@ -71,6 +71,28 @@ def test_the_block_size_changes_nothing():
         torch.testing.assert_close(out.rgb, outs[0].rgb, atol=2e-6, rtol=0)
 
 
+def test_ray_spans_cover_every_occupied_interval():
+    from scene3d.renderers.rays import ray_aabb, sample_along_rays
+
+    sampler, _ = _setup()
+    g = torch.Generator().manual_seed(5)
+    origins = torch.randn(4000, 3, generator=g)
+    origins = 2.5 * origins / origins.norm(dim=1, keepdim=True)
+    dirs = 1.6 * torch.rand(4000, 3, generator=g) - 0.8 - origins  # towards [-0.8, 0.8]^3: some rays miss every blob
+    rays = Rays(origins, dirs / dirs.norm(dim=1, keepdim=True))
+    near, far, _ = ray_aabb(rays.origins, rays.dirs, sampler.aabb)
+    steps = torch.clamp(torch.ceil(torch.clamp(far - near, min=0) / sampler.step_size), max=sampler.max_samples).long()
+    first, last = sampler.grid.ray_spans(rays.origins, rays.dirs, near, far, steps, sampler.step_size)
+    dense = sample_along_rays(rays.origins, rays.dirs, near, far, sampler.step_size, sampler.max_samples)  # every interval, in order
+    mids = rays.origins[:, None] + rays.dirs[:, None] * dense.midpoints[..., None]
+    hit = sampler.grid.occupied(mids.reshape(-1, 3)).reshape(dense.valid.shape) & dense.valid
+    k = torch.arange(hit.shape[1])[None].expand_as(hit)
+    assert bool(((k >= first[:, None]) & (k <= last[:, None]))[hit].all())
+    empty = ~hit.any(1)
+    assert bool((first[empty] > last[empty]).all()) and 0.05 < float(empty.float().mean()) < 0.95
+    assert bool((last[~empty] - first[~empty] + 1 <= steps[~empty]).all())
+
+
 def test_tiles_cover_every_pixel_once():
     order = tile_order(70, 45, 16)
     assert sorted(order.tolist()) == list(range(70 * 45))
