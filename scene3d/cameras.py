@@ -409,6 +409,8 @@ def normalized_to_camera_dirs(xy_d: Tensor, model: Tensor, dist: Tensor, iterati
     cos t), valid beyond 90 degrees.
     """
     xd, yd = xy_d[..., 0], xy_d[..., 1]
+    if not bool((model == CameraModel.OPENCV_FISHEYE).any()) and not bool(dist.any()):  # pinhole: nothing to invert
+        return torch.stack([xd, yd, torch.ones_like(xd)], dim=-1)
     model, dist = torch.broadcast_tensors(model[..., None], dist)
     model = model[..., 0]
     dist = dist.expand(*xd.shape, 4)

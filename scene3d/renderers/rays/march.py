@@ -26,6 +26,7 @@ no Python runs per sample or per ray.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -64,14 +65,27 @@ def march_rays(
     weight_threshold: float = 0.0,
     early_stop: float = 1e-4,
     block: int = 32,
+    threads: int | None = None,
 ) -> MarchOutput:
     """Renders N rays (unit directions) through a two-stage field without gradients (see the
     module docstring). ``density``: points [M, 3] -> sigma [M]; ``color``: points [M, 3], dirs
-    [M, 3] -> rgb [M, C]."""
+    [M, 3] -> rgb [M, C]. ``threads``: torch's thread count while colour is evaluated (None:
+    unchanged), when the marching itself runs on fewer."""
     assert block >= 1, f"block must be >= 1, got {block}"
     assert early_stop >= 0.0, f"early_stop must be >= 0, got {early_stop}"
     origins, dirs = rays.origins, rays.dirs
     n, device = origins.shape[0], origins.device
+
+    def shade(points: Tensor, directions: Tensor) -> Tensor:
+        if threads is None:
+            return color(points, directions)
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return color(points, directions)
+        finally:
+            torch.set_num_threads(before)
+
     near, far, _ = ray_aabb(origins, dirs, sampler.aabb, sampler.near_min)
     step = float(sampler.step_size)
     span = torch.clamp(far - near, min=0.0)
@@ -88,6 +102,7 @@ def march_rays(
     depth_sum = torch.zeros(n, device=device)
     alive = torch.nonzero(last >= first).squeeze(1)
     evaluated = shaded = 0
+    to_shade: list[tuple[Tensor, Tensor, Tensor]] = []  # (points, their ray, their weight) kept for colour
     offsets = torch.arange(block, device=device)
     for start in range(0, max(longest, 0), block):
         if alive.numel() == 0:
@@ -114,17 +129,18 @@ def march_rays(
             depth_sum[alive] += (weights * 0.5 * (t_starts + t_ends)).sum(1)
             w = weights[ray, col]
             keep = w > weight_threshold
-            if bool(keep.any()):
-                rgb = color(points[keep], dirs[alive[ray[keep]]])
-                if rgb_sum is None:
-                    rgb_sum = torch.zeros(n, rgb.shape[1], device=device, dtype=rgb.dtype)
-                rgb_sum.index_add_(0, alive[ray[keep]], w[keep, None] * rgb)
-                shaded += int(keep.sum())
+            to_shade.append((points[keep], alive[ray[keep]], w[keep]))
             transmittance[alive] = transmittance[alive] * survive[:, -1]
         go_on = first[alive] + start + block <= last[alive]
         if early_stop > 0:  # 0: march every ray to its end (the training renderer's samples, for comparison)
             go_on &= transmittance[alive] > early_stop
         alive = alive[go_on]
+    if to_shade:  # colour for all blocks at once: one large batch for the shading network
+        points, owner, w = (torch.cat(parts) for parts in zip(*to_shade))
+        if owner.numel():
+            rgb = shade(points, dirs[owner])
+            rgb_sum = torch.zeros(n, rgb.shape[1], device=device, dtype=rgb.dtype).index_add_(0, owner, w[:, None] * rgb)
+            shaded = owner.numel()
     c = rgb_sum.shape[1] if rgb_sum is not None else (3 if background is None else background.shape[-1])
     if rgb_sum is None:
         rgb_sum = torch.zeros(n, c, device=device)
@@ -159,6 +175,21 @@ def march_image(
     pixels at a time; ``kw`` are its other options."""
     rays, h, w = camera_rays(cameras)
     order = tile_order(h, w, tile, rays.origins.device)
+    threads = torch.get_num_threads()
+    if rays.origins.device.type == "cpu" and threading.current_thread() is threading.main_thread():
+        # Marching is many small tensor operations: with scene3d's passive OpenMP threads (see
+        # scene3d/__init__.py) waking them for each costs more than it saves (1.07 -> 0.62 s per
+        # lego view on two cores); the field's numba kernels keep their own threads. Only on the
+        # main thread (eval, render): the setting is process-wide, and a viewer thread must not
+        # slow the training beside it.
+        torch.set_num_threads(1)
+    try:
+        return _march_tiles(density, color, rays, h, w, order, tile, sampler, background, {"threads": threads, **kw})
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _march_tiles(density, color, rays, h, w, order, tile, sampler, background, kw) -> RayRenderOutput:
     rgb = alpha = depth = None
     total = 0
     for i in range(0, h * w, tile * tile):
