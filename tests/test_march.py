@@ -219,3 +219,30 @@ def test_bench_rays_reports_every_rank_and_training_speed(slim_run):
         assert 0 < row["samples_per_pixel"] < 96  # bounded by the model's max samples per ray
     assert result["rows"][0]["psnr"] > 16 and result["train_steps_per_second"] > 0
     assert result["image_size"] == [40, 30] and result["model"] == "slimmerf"
+
+
+def test_prefix_training_renders_random_prefixes_and_trai_n_ignores_their_losses():
+    from scene3d.models.slimmerf import SlimmeRFConfig
+
+    model = _slimmerf()
+    model.cfg = SlimmeRFConfig(**{**model.cfg.__dict__, "prefix_prob": 0.5, "rank_upsilon": 0.1, "rank_cooldown": 0, "occupancy_every": 0})
+    model.current_rank = 4
+    seen = []
+
+    class Batch:
+        rays = Rays(torch.tensor([[0.0, 0.0, -2.5]]).repeat(8, 1), torch.tensor([[0.0, 0.0, 1.0]]).repeat(8, 1))
+        background = None
+        generator = torch.Generator().manual_seed(0)
+
+    for step in range(200):
+        model.forward(Batch, step)
+        seen.append(model.train_rank)
+        model.train_rank = None
+    prefixes = [r for r in seen if r is not None]
+    assert 0.3 < len(prefixes) / len(seen) < 0.45 and sorted(set(prefixes)) == [1, 2, 3]  # 0.5 x 3/4 of the steps, below the current rank 4
+    model.last_loss = 1.0
+    model.train_rank = 2
+    model.after_step(10, {"rgb": torch.tensor(5.0)})  # a prefix step's loss jumps: no rank change
+    assert model.current_rank == 4 and model.last_loss == 1.0 and model.train_rank is None
+    model.after_step(11, {"rgb": torch.tensor(5.0)})  # the same jump on a full step: TRaIn adds a rank
+    assert model.current_rank == 5 and model.last_loss == 5.0
