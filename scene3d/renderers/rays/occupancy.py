@@ -96,7 +96,8 @@ class OccupancyGrid(nn.Module):
         and last hit); elsewhere every interval counts (0, steps - 1)."""
         if origins.device.type != "cpu" or not _numba_available():
             return torch.zeros_like(steps), steps - 1
-        kernel = _span_kernel()
+        from scene3d.renderers.rays._numba_rays import ray_spans as kernel
+
         binary = np.ascontiguousarray(self.binary.cpu().numpy().astype(np.uint8).reshape(-1))
         box = self.aabb.cpu().numpy().astype(np.float32)
 
@@ -177,50 +178,3 @@ def _numba_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-@functools.cache
-def _span_kernel():
-    from numba import njit, prange
-
-    @njit(inline="always")
-    def occupied(o, d, near, far, k, step, binary, r, box):
-        ts = near + np.float32(k) * step
-        te = min(ts + step, far)
-        tm = np.float32(0.5) * (ts + te)
-        idx = 0
-        for axis in range(3):
-            x = o[axis] + d[axis] * tm
-            lo, hi = box[axis], box[axis + 3]
-            if not (x >= lo and x <= hi):
-                return False
-            i = int(np.floor((x - lo) / (hi - lo) * np.float32(r)))
-            i = min(max(i, 0), r - 1)
-            idx = idx * r + i
-        return binary[idx] != 0
-
-    @njit(parallel=True, cache=True)
-    def spans(origins, dirs, near, far, steps, step, binary, r, box):
-        n = origins.shape[0]
-        first = np.empty(n, np.int64)
-        last = np.empty(n, np.int64)
-        for i in prange(n):
-            s = steps[i]
-            f = s
-            for k in range(s):
-                if occupied(origins[i], dirs[i], near[i], far[i], k, step, binary, r, box):
-                    f = k
-                    break
-            l_ = -1
-            if f < s:
-                for k in range(s - 1, f - 1, -1):
-                    if occupied(origins[i], dirs[i], near[i], far[i], k, step, binary, r, box):
-                        l_ = k
-                        break
-            if l_ < 0:
-                first[i], last[i] = 1, 0
-            else:
-                first[i], last[i] = max(f - 1, 0), min(l_ + 1, s - 1)
-        return first, last
-
-    return spans

@@ -21,8 +21,6 @@ float32 rounding (tests compare them).
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -62,82 +60,19 @@ def vm_stacked_features_torch(planes, lines, x: Tensor, channels: int) -> Tensor
     return torch.cat(_twin(planes, lines, x, channels)).T
 
 
-@functools.cache
-def _kernels():
-    from numba import njit, prange
-
-    @njit(inline="always")
-    def taps(coord, size):
-        """(i0, i1, w0, w1) of a linear interpolation with align_corners; taps outside get weight 0."""
-        f = (coord + np.float32(1.0)) * np.float32(0.5) * np.float32(size - 1)
-        i0 = int(np.floor(f))
-        t = np.float32(f - i0)
-        w0, w1 = np.float32(1.0) - t, t
-        i1 = i0 + 1
-        if i0 < 0 or i0 >= size:
-            w0 = np.float32(0.0)
-            i0 = 0
-        if i1 < 0 or i1 >= size:
-            w1 = np.float32(0.0)
-            i1 = 0
-        return i0, i1, w0, w1
-
-    @njit(inline="always")
-    def product(x, p0, p1, p2, l0, l1, l2, plane_index, c_count, out, offset, accumulate):
-        if plane_index == 0:
-            pl, ln, a, b, v = p0, l0, 0, 1, 2
-        elif plane_index == 1:
-            pl, ln, a, b, v = p1, l1, 0, 2, 1
-        else:
-            pl, ln, a, b, v = p2, l2, 1, 2, 0
-        h, w = pl.shape[0], pl.shape[1]
-        x0, x1, wx0, wx1 = taps(x[a], w)
-        y0, y1, wy0, wy1 = taps(x[b], h)
-        z0, z1, wz0, wz1 = taps(x[v], ln.shape[0])
-        w00, w01, w10, w11 = wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1
-        total = np.float32(0.0)
-        for c in range(c_count):
-            m = w00 * pl[y0, x0, c] + w01 * pl[y0, x1, c] + w10 * pl[y1, x0, c] + w11 * pl[y1, x1, c]
-            s = m * (wz0 * ln[z0, c] + wz1 * ln[z1, c])
-            if accumulate:
-                total += s
-            else:
-                out[offset + c] = s
-        return total
-
-    @njit(parallel=True, fastmath=True, cache=True)
-    def density(x, p0, p1, p2, l0, l1, l2, c_count):
-        n = x.shape[0]
-        out = np.empty(n, np.float32)
-        dummy = np.empty(0, np.float32)
-        for i in prange(n):
-            acc = np.float32(0.0)
-            for p in range(3):
-                acc += product(x[i], p0, p1, p2, l0, l1, l2, p, c_count, dummy, 0, True)
-            out[i] = acc
-        return out
-
-    @njit(parallel=True, fastmath=True, cache=True)
-    def stacked(x, p0, p1, p2, l0, l1, l2, c_count):
-        n = x.shape[0]
-        out = np.empty((n, 3 * c_count), np.float32)
-        for i in prange(n):
-            for p in range(3):
-                product(x[i], p0, p1, p2, l0, l1, l2, p, c_count, out[i], p * c_count, False)
-        return out
-
-    return density, stacked
-
-
 def vm_density_features(grids: tuple[list[np.ndarray], list[np.ndarray]], x: Tensor) -> Tensor:
     """[M] density features at box coordinates ``x`` [M, 3] (CPU), from :func:`channels_last` grids."""
     planes, lines = grids
     xs = np.ascontiguousarray(x.detach().to(torch.float32).cpu().numpy())
-    return torch.from_numpy(_kernels()[0](xs, *planes, *lines, planes[0].shape[2]))
+    from scene3d.renderers.rays._numba_rays import vm_density
+
+    return torch.from_numpy(vm_density(xs, *planes, *lines, planes[0].shape[2]))
 
 
 def vm_stacked_features(grids: tuple[list[np.ndarray], list[np.ndarray]], x: Tensor) -> Tensor:
     """[M, 3C] appearance features at box coordinates ``x`` [M, 3] (CPU), from :func:`channels_last` grids."""
     planes, lines = grids
     xs = np.ascontiguousarray(x.detach().to(torch.float32).cpu().numpy())
-    return torch.from_numpy(_kernels()[1](xs, *planes, *lines, planes[0].shape[2]))
+    from scene3d.renderers.rays._numba_rays import vm_stacked
+
+    return torch.from_numpy(vm_stacked(xs, *planes, *lines, planes[0].shape[2]))
