@@ -64,6 +64,19 @@ def test_early_stop_changes_no_pixel_by_more_than_it_allows_and_saves_samples(ea
     assert fast.num_samples < 0.75 * full.num_samples, (fast.num_samples, full.num_samples)
 
 
+@pytest.mark.parametrize("with_grid", [True, False])
+def test_the_numba_block_sampler_equals_the_torch_path(monkeypatch, with_grid):
+    import scene3d.renderers.rays.march as march
+
+    sampler, rays = _setup(with_grid)
+    fast = march_rays(density, color, rays, sampler=sampler, weight_threshold=1e-4, early_stop=1e-4)
+    monkeypatch.setattr(march, "_fused_blocks", lambda *a: None)  # what runs on CUDA
+    twin = march_rays(density, color, rays, sampler=sampler, weight_threshold=1e-4, early_stop=1e-4)
+    assert fast.num_samples == twin.num_samples and fast.num_shaded == twin.num_shaded
+    torch.testing.assert_close(fast.rgb, twin.rgb, atol=1e-6, rtol=0)
+    torch.testing.assert_close(fast.depth, twin.depth, atol=1e-5, rtol=0)
+
+
 def test_the_block_size_changes_nothing():
     sampler, rays = _setup()
     outs = [march_rays(density, color, rays, sampler=sampler, weight_threshold=1e-4, early_stop=1e-4, block=b) for b in (1, 7, 64, 512)]

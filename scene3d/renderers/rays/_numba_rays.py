@@ -112,3 +112,29 @@ def ray_spans(origins, dirs, near, far, steps, step, binary, r, box):
         else:
             first[i], last[i] = max(f - 1, 0), min(l_ + 1, s - 1)
     return first, last
+
+
+@njit(parallel=True, cache=True)
+def block_samples(origins, dirs, near, far, first, last, alive, start, block, step, binary, r, box, use_grid):
+    """The intervals ``first + start .. first + start + block - 1`` of each alive ray: their
+    bounds [A, block], midpoints [A, block, 3] and validity (before ``far``, within the ray's
+    stretch, in an occupied cell when ``use_grid``), with the float32 operations of the torch
+    path (``t = near + k step``, the last interval cut at ``far``)."""
+    a = alive.shape[0]
+    t0 = np.empty((a, block), np.float32)
+    t1 = np.empty((a, block), np.float32)
+    mids = np.empty((a, block, 3), np.float32)
+    valid = np.zeros((a, block), np.bool_)
+    for j in prange(a):
+        i = alive[j]
+        for c in range(block):
+            k = first[i] + start + c
+            ts = near[i] + np.float32(k) * step
+            te = min(ts + step, far[i])
+            tm = np.float32(0.5) * (ts + te)
+            t0[j, c], t1[j, c] = ts, te
+            for axis in range(3):
+                mids[j, c, axis] = origins[i, axis] + dirs[i, axis] * tm
+            if ts < far[i] and k <= last[i]:
+                valid[j, c] = _occupied(origins[i], dirs[i], near[i], far[i], k, step, binary, r, box) if use_grid else True
+    return t0, t1, mids, valid

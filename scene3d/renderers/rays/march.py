@@ -104,17 +104,21 @@ def march_rays(
     evaluated = shaded = 0
     to_shade: list[tuple[Tensor, Tensor, Tensor]] = []  # (points, their ray, their weight) kept for colour
     offsets = torch.arange(block, device=device)
+    fused = _fused_blocks(origins, dirs, sampler.grid)
     for start in range(0, max(longest, 0), block):
         if alive.numel() == 0:
             break
-        a_near, a_far = near[alive, None], far[alive, None]
-        k = first[alive, None] + start + offsets[None, :]
-        t_starts = a_near + k.to(origins.dtype) * step
-        t_ends = torch.minimum(t_starts + step, a_far)
-        valid = (t_starts < a_far) & (k <= last[alive, None])
-        mids = origins[alive, None, :] + dirs[alive, None, :] * (0.5 * (t_starts + t_ends))[..., None]
-        if sampler.grid is not None:
-            valid &= sampler.grid.occupied(mids.reshape(-1, 3)).reshape(valid.shape)
+        if fused is not None:  # the same intervals and decisions, in one numba pass
+            t_starts, t_ends, mids, valid = fused(near, far, first, last, alive, start, block, step)
+        else:
+            a_near, a_far = near[alive, None], far[alive, None]
+            k = first[alive, None] + start + offsets[None, :]
+            t_starts = a_near + k.to(origins.dtype) * step
+            t_ends = torch.minimum(t_starts + step, a_far)
+            valid = (t_starts < a_far) & (k <= last[alive, None])
+            mids = origins[alive, None, :] + dirs[alive, None, :] * (0.5 * (t_starts + t_ends))[..., None]
+            if sampler.grid is not None:
+                valid &= sampler.grid.occupied(mids.reshape(-1, 3)).reshape(valid.shape)
         ray, col = torch.nonzero(valid, as_tuple=True)
         if ray.numel():
             points = mids[ray, col]
@@ -149,6 +153,37 @@ def march_rays(
     if background is not None:
         rgb_sum = rgb_sum + (1.0 - alpha) * background.to(rgb_sum)
     return MarchOutput(rgb_sum, alpha, depth, evaluated, shaded)
+
+
+def _fused_blocks(origins: Tensor, dirs: Tensor, grid):
+    """On the CPU with numba: a function making one block's intervals, midpoints and validity
+    (:func:`scene3d.renderers.rays._numba_rays.block_samples`); None elsewhere (the torch path)."""
+    if origins.device.type != "cpu" or origins.dtype != torch.float32:
+        return None
+    try:
+        from scene3d.renderers.rays._numba_rays import block_samples
+    except ImportError:
+        return None
+    import numpy as np
+
+    o = np.ascontiguousarray(origins.detach().numpy())
+    dirs_np = np.ascontiguousarray(dirs.detach().to(torch.float32).numpy())
+    if grid is None:
+        binary, r, box, use_grid = np.zeros(1, np.uint8), 1, np.zeros(6, np.float32), False
+    else:
+        binary = np.ascontiguousarray(grid.binary.cpu().numpy().astype(np.uint8).reshape(-1))
+        r, box, use_grid = grid.resolution, grid.aabb.cpu().numpy().astype(np.float32), True
+    d = None
+
+    def make(near, far, first, last, alive, start, block, step):
+        nonlocal d
+        if d is None:
+            d = ([np.ascontiguousarray(t.detach().to(torch.float32).numpy()) for t in (near, far)], first.numpy(), last.numpy())
+        (n32, f32), fi, la = d
+        out = block_samples(o, dirs_np, n32, f32, fi, la, alive.numpy(), start, block, np.float32(step), binary, r, box, use_grid)
+        return tuple(torch.from_numpy(a) for a in out)
+
+    return make
 
 
 def tile_order(h: int, w: int, tile: int, device=None) -> Tensor:
