@@ -259,3 +259,73 @@ def test_prefix_training_renders_random_prefixes_and_trai_n_ignores_their_losses
     assert model.current_rank == 4 and model.last_loss == 1.0 and model.train_rank is None
     model.after_step(11, {"rgb": torch.tensor(5.0)})  # the same jump on a full step: TRaIn adds a rank
     assert model.current_rank == 5 and model.last_loss == 5.0
+
+
+# ---------------------------------------------------------------------------- the one-pass VM marcher
+def _vm_setup():
+    """A random slimmerf model whose density is also given as a VMDensity, and camera rays."""
+    from scene3d.renderers.rays import camera_rays
+
+    model = _slimmerf()
+    with torch.no_grad():
+        for plane in model.density_planes:
+            plane.mul_(2.0)
+    model.cfg = type(model.cfg)(**{**model.cfg.__dict__, "density_shift": -4.0})
+    density, color, vm = model.render_fields(4)
+    grid = model.occupancy
+    r = grid.resolution
+    centres = torch.stack(torch.meshgrid(*[(torch.arange(r) + 0.5) / r * 2 - 1] * 3, indexing="ij"), -1).reshape(-1, 3)
+    opacity = density(centres) * model.step_size
+    grid.binary.copy_((opacity > opacity.quantile(0.8)).reshape(r, r, r))  # the densest fifth (the grid need not be conservative here)
+    sampler = model._ray_options(4, 0.0, None)["sampler"]
+    rays, _, _ = camera_rays(orbit_cameras(1, radius=2.5, size=40))
+    return model, density, color, vm, sampler, rays
+
+
+@pytest.mark.parametrize("early_stop,cap,fill", [(0.0, 32, False), (1e-4, 32, True), (1e-2, 1, False), (1e-4, 2, True)])
+def test_the_one_pass_vm_marcher_equals_the_block_path(early_stop, cap, fill):
+    """The numba pass (density inside the loop, empty cells skipped in strides of the coarsest empty
+    level) against the block path with the same density as a function. A small ``cap`` sends the
+    rays with more samples to shade back to the block path."""
+    model, density, color, vm, sampler, rays = _vm_setup()
+    assert 0.05 < sampler.grid.occupied_fraction() < 0.9  # there is empty space to skip
+    kw = dict(sampler=sampler, background=torch.tensor([1.0, 0.5, 0.0]), weight_threshold=1e-3, early_stop=early_stop, fill_unshaded=fill)
+    fast = march_rays(density, color, rays, vm=vm, cap=cap, **kw)
+    block = march_rays(density, color, rays, **kw)
+    torch.testing.assert_close(fast.rgb, block.rgb, atol=2e-5, rtol=0)
+    torch.testing.assert_close(fast.alpha, block.alpha, atol=2e-5, rtol=0)
+    torch.testing.assert_close(fast.depth, block.depth, atol=2e-4, rtol=0)
+    assert abs(fast.num_shaded - block.num_shaded) <= 2  # a weight within rounding of the threshold may fall either side
+    if early_stop == 0:  # every interval in an occupied cell, and no other, is evaluated
+        assert fast.num_samples == block.num_samples
+
+
+def test_the_coarse_occupancy_levels_hold_any_occupied_cell_below():
+    sampler, _ = _setup()
+    grid = sampler.grid
+    flat, table = grid.levels()
+    assert table[:, 1].tolist() == [32, 16, 8, 4, 2, 1]
+    fine = torch.from_numpy(flat[: 32**3].copy()).reshape(32, 32, 32).bool()
+    assert torch.equal(fine, grid.binary)
+    for (offset, res), (_, finer) in zip(table[1:], table[:-1]):
+        level = torch.from_numpy(flat[offset : offset + res**3].copy()).reshape(res, res, res).bool()
+        assert torch.equal(level, fine.reshape(res, 32 // res, res, 32 // res, res, 32 // res).any(5).any(3).any(1))
+    assert flat[table[-1, 0]] == 1
+    grid.binary.zero_()  # a changed grid is seen
+    assert grid.levels()[0].sum() == 0
+
+
+def test_filling_unshaded_weight_gives_the_shaded_mean_colour():
+    sampler, rays = _setup()
+    grey = lambda points, dirs: torch.full((points.shape[0], 3), 0.3)  # noqa: E731
+    kw = dict(sampler=sampler, background=torch.tensor([1.0, 1.0, 1.0]), early_stop=1e-4)
+    every = march_rays(density, grey, rays, weight_threshold=0.0, **kw)
+    filled = march_rays(density, grey, rays, weight_threshold=0.05, fill_unshaded=True, **kw)
+    dropped = march_rays(density, grey, rays, weight_threshold=0.05, **kw)
+    assert filled.num_shaded < 0.5 * every.num_shaded
+    torch.testing.assert_close(filled.rgb, every.rgb, atol=1e-5, rtol=0)  # one colour: the fill is exact
+    assert (every.rgb - dropped.rgb).abs().max() > 0.01  # dropping the weight darkens pixels
+    every_c = march_rays(density, color, rays, weight_threshold=0.0, **kw)
+    filled_c = march_rays(density, color, rays, weight_threshold=0.05, fill_unshaded=True, **kw)
+    dropped_c = march_rays(density, color, rays, weight_threshold=0.05, **kw)
+    assert (filled_c.rgb - every_c.rgb).abs().mean() < 0.25 * (dropped_c.rgb - every_c.rgb).abs().mean()

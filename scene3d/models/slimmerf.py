@@ -105,11 +105,13 @@ class SlimmeRFConfig:
     hidden: int = 128
     weight_threshold: float = 1e-4
     """Samples whose rendering weight is below this skip the appearance network."""
-    render_weight_threshold: float = 1e-3
-    """Rendering (not training) evaluates colour only where a sample's weight exceeds this. The
-    reference uses ``weight_threshold`` for both; 1e-3 shades a third fewer samples on lego (0.52 ->
-    0.35 s per 200x200 view on two cores) for 0.01 dB, each skipped sample changing its pixel by
-    less than 1e-3 of its colour."""
+    render_weight_threshold: float = 5e-3
+    """Rendering (not training) evaluates colour only where a sample's weight exceeds this, and
+    gives the weight of the samples below it the mean colour of the ray's shaded samples
+    (``fill_unshaded`` of :func:`~scene3d.renderers.rays.march.march_rays`). The reference shades
+    every sample above ``weight_threshold``; on lego (200x200, cpu preset, every fourth test view)
+    shading above 1e-3 scores 31.52 dB with 160k samples shaded per view, above 5e-3 with the fill
+    31.52 dB with 98k (without the fill 1e-2 loses 0.33 dB, with it 0.04)."""
     early_stop: float = 1e-4
     """Rendering (not training) stops a ray once its transmittance falls to this: each pixel
     changes by at most this fraction of the colour behind it."""
@@ -422,17 +424,25 @@ class SlimmeRFModel(Representation):
         return torch.sigmoid(self.mlp(x))
 
     def render_fields(self, rank: int):
-        """(density, colour) functions of points for rendering at ``rank``: only its components are
+        """(density, colour, VM density or None) for rendering at ``rank``: only its components are
         evaluated. On the CPU they run the numba VM kernels (:mod:`scene3d.renderers.rays.vm`) over
-        channels-last copies of the grids made here, once per image; elsewhere the
-        ``grid_sample`` path of :meth:`density` and :meth:`color`."""
+        channels-last copies of the grids made here, kept while the grids are unchanged (one copy,
+        of the last rank asked for), and the density is also given
+        as a :class:`~scene3d.renderers.rays.march.VMDensity`, so the marcher evaluates it inside
+        its own loop; elsewhere the ``grid_sample`` path of :meth:`density` and :meth:`color`."""
         r, R = self._kept(rank), self.cfg.rank
         if self.aabb.device.type != "cpu" or not _numba_available():
-            return (lambda pts: self.density(pts, r, 0.0)), (lambda pts, dirs: self.color(pts, dirs, r, 0.0))
+            return (lambda pts: self.density(pts, r, 0.0)), (lambda pts, dirs: self.color(pts, dirs, r, 0.0)), None
+        from scene3d.renderers.rays.march import VMDensity
         from scene3d.renderers.rays.vm import channels_last, vm_density_features, vm_stacked_features
 
-        density_grids = channels_last(self.density_planes, self.density_lines, r)
-        app_grids = channels_last(self.app_planes, self.app_lines, 3 * r)
+        grids = [*self.density_planes, *self.density_lines, *self.app_planes, *self.app_lines]
+        key = (r, tuple((g.data_ptr(), g._version) for g in grids))  # the copies last until a parameter changes (a training step)
+        cached = getattr(self, "_channels_last", None)
+        if cached is None or cached[0] != key:
+            cached = key, channels_last(self.density_planes, self.density_lines, r), channels_last(self.app_planes, self.app_lines, 3 * r)
+            self._channels_last = cached
+        density_grids, app_grids = cached[1], cached[2]
         keep = torch.cat([torch.arange(p * 3 * R, p * 3 * R + 3 * r) for p in range(3)])
         basis = self.basis.weight.detach()[:, keep].contiguous()
         lo, size = self.aabb[0], self.aabb[1] - self.aabb[0]
@@ -444,7 +454,7 @@ class SlimmeRFModel(Representation):
         def color(pts: Tensor, dirs: Tensor) -> Tensor:
             return self._shade_features(F.linear(vm_stacked_features(app_grids, (pts - lo) / size * 2 - 1), basis), dirs)
 
-        return density, color
+        return density, color, VMDensity(density_grids, lo, size, float(self.cfg.density_shift), float(self.density_scale))
 
     # ------------------------------------------------------------------ rendering
     def _ray_options(self, rank: int | None, epsilon: float | None, crop) -> dict:
@@ -480,9 +490,9 @@ class SlimmeRFModel(Representation):
         rank = self.current_rank if self.eval_rank is None else min(self.eval_rank, self.current_rank)
         if options and options.get("rank") is not None:
             rank = min(int(options["rank"]), rank)
-        density, color = self.render_fields(rank)
+        density, color, vm = self.render_fields(rank)
         return march_image(density, color, cameras, sampler=self._ray_options(rank, 0.0, crop)["sampler"], background=background,
-                           weight_threshold=self.cfg.render_weight_threshold, early_stop=self.cfg.early_stop)  # fmt: skip
+                           weight_threshold=self.cfg.render_weight_threshold, fill_unshaded=True, early_stop=self.cfg.early_stop, vm=vm)  # fmt: skip
 
     # ------------------------------------------------------------------ training by rays
     def batch(self, data, step: int, generator: torch.Generator):

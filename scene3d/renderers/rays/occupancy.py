@@ -77,6 +77,26 @@ class OccupancyGrid(nn.Module):
         self.binary.fill_(True)
 
     @torch.no_grad()
+    def levels(self) -> tuple[np.ndarray, np.ndarray]:
+        """The grid and its coarser copies for skipping empty space in long strides (as
+        instant-NGP's occupancy bitfield): level l + 1 has a cell occupied when any of the
+        2 x 2 x 2 cells of level l below it is, halving while the size is even. Returns (every
+        level's cells as flat uint8 in the grid's ``(i R + j) R + k`` order, concatenated; [levels,
+        2] int64 of (offset, resolution)). Kept until ``binary`` changes."""
+        key = (self.binary.data_ptr(), self.binary._version, self.resolution)
+        cached = getattr(self, "_levels", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        grids = [self.binary.detach().to("cpu", torch.float32)[None, None]]
+        while grids[-1].shape[-1] % 2 == 0 and grids[-1].shape[-1] > 1:
+            grids.append(torch.nn.functional.max_pool3d(grids[-1], 2))
+        table = np.array([[0, g.shape[-1]] for g in grids], dtype=np.int64)
+        table[1:, 0] = np.cumsum([g.numel() for g in grids])[:-1]
+        flat = np.ascontiguousarray(torch.cat([g.reshape(-1) for g in grids]).to(torch.uint8).numpy())
+        self._levels = (key, (flat, table))
+        return flat, table
+
+    @torch.no_grad()
     def occupied(self, points: Tensor) -> Tensor:
         """Whether each point [M, 3] lies in an occupied cell -> [M] bool; outside the box is False."""
         assert points.ndim == 2 and points.shape[1] == 3, f"points must be [M, 3], got {tuple(points.shape)}"
