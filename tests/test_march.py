@@ -329,3 +329,52 @@ def test_filling_unshaded_weight_gives_the_shaded_mean_colour():
     filled_c = march_rays(density, color, rays, weight_threshold=0.05, fill_unshaded=True, **kw)
     dropped_c = march_rays(density, color, rays, weight_threshold=0.05, **kw)
     assert (filled_c.rgb - every_c.rgb).abs().mean() < 0.25 * (dropped_c.rgb - every_c.rgb).abs().mean()
+
+
+# ---------------------------------------------------------------------------- exact render occupancy
+def _blobby_slimmerf():
+    """A slimmerf model whose density components are separate Gaussian blobs (plane bump times line
+    bump) in empty space."""
+    model = _slimmerf()
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for plane, line in zip(model.density_planes, model.density_lines):
+            _, c, h, w = plane.shape
+            yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+            zz = torch.linspace(-1, 1, line.shape[2])
+            for k in range(c):
+                cu, cv, cw = (torch.rand(3, generator=g) * 1.4 - 0.7).tolist()
+                plane[0, k] = 12.0 * torch.exp(-((xx - cu) ** 2 + (yy - cv) ** 2) / (2 * 0.15**2))
+                line[0, k, :, 0] = torch.exp(-((zz - cw) ** 2) / (2 * 0.15**2))
+    model.cfg = type(model.cfg)(**{**model.cfg.__dict__, "density_shift": -8.0, "render_skip_alpha": 0.05})
+    return model
+
+
+def test_covering_marks_every_cell_that_overlaps_an_occupied_one():
+    g = torch.Generator().manual_seed(4)
+    cells = torch.rand(23, 17, 30, generator=g) > 0.97
+    box = torch.tensor([-1.0, -0.5, 0.0, 1.0, 0.5, 3.0])
+    grid = OccupancyGrid.covering(cells, box, 8)
+    pts = box[:3] + torch.rand(200_000, 3, generator=g) * (box[3:] - box[:3])
+    ijk = ((pts - box[:3]) / (box[3:] - box[:3]) * torch.tensor(cells.shape)).long().clamp(max=torch.tensor(cells.shape) - 1)
+    inside_occupied = cells[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
+    assert bool(grid.occupied(pts)[inside_occupied].all())
+    assert 0.2 < grid.occupied_fraction() < 0.9  # and not everything
+
+
+@pytest.mark.parametrize("rank", [2, 6])
+def test_the_render_grid_is_exact_no_point_denser_than_its_limit_lies_in_an_empty_cell(rank):
+    model = _blobby_slimmerf()
+    grid = model.render_occupancy(rank)
+    g = torch.Generator().manual_seed(rank)
+    pts = torch.rand(300_000, 3, generator=g) * 2 - 1
+    with torch.no_grad():
+        alpha = 1 - torch.exp(-model.density(pts, rank, 0.0) * model.step_size)
+    dense = alpha > model.cfg.render_skip_alpha
+    assert 0.01 < float(dense.float().mean()) < 0.5
+    assert bool(grid.occupied(pts)[dense].all())  # conservative: the trilinear maximum is at a corner
+    assert grid.occupied_fraction() < 0.6  # and still skips space
+    assert model.render_occupancy(rank) is grid  # kept while nothing changes
+    with torch.no_grad():
+        model.density_planes[0].mul_(0.5)
+    assert model.render_occupancy(rank) is not grid  # a changed density gets a new grid

@@ -112,6 +112,12 @@ class SlimmeRFConfig:
     every sample above ``weight_threshold``; on lego (200x200, cpu preset, every fourth test view)
     shading above 1e-3 scores 31.52 dB with 160k samples shaded per view, above 5e-3 with the fill
     31.52 dB with 98k (without the fill 1e-2 loses 0.33 dB, with it 0.04)."""
+    render_skip_alpha: float = 3e-3
+    """Rendering (not training) skips the space where no sample can be more opaque than this: an
+    occupancy grid built for the rendered rank from the largest density in each cell of the VM
+    lattice (:meth:`render_occupancy`; exact, not sampled). On lego (cpu preset) 1e-4 to 1e-2 all
+    score the same to 0.001 dB; 3e-3 evaluates 0.43M densities per 200x200 view where the
+    training grid's 0.60M."""
     early_stop: float = 1e-4
     """Rendering (not training) stops a ray once its transmittance falls to this: each pixel
     changes by at most this fraction of the colour behind it."""
@@ -451,10 +457,59 @@ class SlimmeRFModel(Representation):
             feat = vm_density_features(density_grids, (pts - lo) / size * 2 - 1)
             return F.softplus(feat + self.cfg.density_shift) * self.density_scale
 
-        def color(pts: Tensor, dirs: Tensor) -> Tensor:
-            return self._shade_features(F.linear(vm_stacked_features(app_grids, (pts - lo) / size * 2 - 1), basis), dirs)
+        from scene3d.renderers.rays._numba_rays import shading_inputs
+
+        layers = [(m.weight.detach(), m.bias.detach()) for m in self.mlp if isinstance(m, nn.Linear)]
+
+        def color(pts: Tensor, dirs: Tensor) -> Tensor:  # _shade_features, its sines and cosines in one numba pass
+            app = F.linear(vm_stacked_features(app_grids, (pts - lo) / size * 2 - 1), basis)
+            h = torch.from_numpy(shading_inputs(app.numpy(), np.ascontiguousarray(dirs.to(torch.float32).numpy()), self.cfg.fea_pe, self.cfg.view_pe))
+            for i, (weight, bias) in enumerate(layers):
+                h = torch.addmm(bias, h, weight.T)
+                h = h.relu_() if i + 1 < len(layers) else h.sigmoid_()
+            return h
 
         return density, color, VMDensity(density_grids, lo, size, float(self.cfg.density_shift), float(self.density_scale))
+
+    @torch.no_grad()
+    def render_occupancy(self, rank: int):
+        """The occupancy grid renders skip empty space with, for the density at ``rank``, kept while
+        the density grids are unchanged. Exact, unlike the training grid's sampled moving maximum:
+        on a cell of the VM lattice (``grid_size`` points per axis, ``align_corners``) each
+        component is a bilinear plane times a linear line, so the density feature is trilinear
+        there and its largest value is at one of the cell's 8 corners. The feature at every
+        lattice point is three contractions of planes with lines (no interpolation), its cell
+        maxima three pairwise maxima; a lattice cell is occupied when the softplus density of that
+        maximum is more opaque over one step than ``render_skip_alpha`` or than the mean cell
+        (so a field that is still a faint haze everywhere is not skipped), and the grid returned (a
+        power of two per axis, about half the lattice's cells) marks every cell overlapping an
+        occupied one (:meth:`~scene3d.renderers.rays.occupancy.OccupancyGrid.covering`)."""
+        from scene3d.renderers.rays import OccupancyGrid
+
+        r = self._kept(rank)
+        params = [*self.density_planes, *self.density_lines, self.aabb]
+        key = (r, self.step_size, self.cfg.render_skip_alpha, tuple((t.data_ptr(), t._version) for t in params))
+        cached = getattr(self, "_render_grid", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        planes = [pl.detach()[0, :r].float() for pl in self.density_planes]  # [r, H, W]
+        lines = [li.detach()[0, :r, :, 0].float() for li in self.density_lines]  # [r, L]
+        feat = torch.einsum("cyx,cz->xyz", planes[0], lines[0])  # MAT_MODES / VEC_MODES: (x, y | z), (x, z | y), (y, z | x)
+        feat += torch.einsum("czx,cy->xyz", planes[1], lines[1])
+        feat += torch.einsum("czy,cx->xyz", planes[2], lines[2])
+        for axis in range(3):  # the largest corner of each cell
+            n = feat.shape[axis]
+            feat = torch.maximum(feat.narrow(axis, 0, n - 1), feat.narrow(axis, 1, n - 1))
+        # sigma * step above this: more opaque than the limit, or than the mean cell while the field is
+        # still a faint haze everywhere (the training grid's rule), whose many faint samples add up
+        typical = float((F.softplus(feat[::4, ::4, ::4] + self.cfg.density_shift) * self.density_scale * self.step_size).mean())
+        thickness = min(-math.log1p(-self.cfg.render_skip_alpha), typical)
+        y = thickness / (self.density_scale * self.step_size)  # softplus(feature + shift) above this
+        limit = y + math.log(-math.expm1(-y)) - self.cfg.density_shift  # softplus^-1(y) - shift
+        resolution = 1 << max(3, min(8, math.ceil(math.log2(max(self.grid_size) / 2))))
+        grid = OccupancyGrid.covering(feat > limit, self.aabb.reshape(-1), resolution)
+        self._render_grid = (key, grid)
+        return grid
 
     # ------------------------------------------------------------------ rendering
     def _ray_options(self, rank: int | None, epsilon: float | None, crop) -> dict:
@@ -491,7 +546,9 @@ class SlimmeRFModel(Representation):
         if options and options.get("rank") is not None:
             rank = min(int(options["rank"]), rank)
         density, color, vm = self.render_fields(rank)
-        return march_image(density, color, cameras, sampler=self._ray_options(rank, 0.0, crop)["sampler"], background=background,
+        sampler = self._ray_options(rank, 0.0, crop)["sampler"]
+        sampler.grid = self.render_occupancy(rank)
+        return march_image(density, color, cameras, sampler=sampler, background=background,
                            weight_threshold=self.cfg.render_weight_threshold, fill_unshaded=True, early_stop=self.cfg.early_stop, vm=vm)  # fmt: skip
 
     # ------------------------------------------------------------------ training by rays

@@ -76,6 +76,32 @@ class OccupancyGrid(nn.Module):
         occupancy from it)."""
         self.binary.fill_(True)
 
+    @classmethod
+    @torch.no_grad()
+    def covering(cls, cells: Tensor, aabb: Tensor | Sequence[float], resolution: int) -> "OccupancyGrid":
+        """A ``resolution``^3 grid over ``aabb`` marking every cell that overlaps an occupied cell of
+        ``cells`` [A, B, C] bool, another grid of A x B x C equal cells over the same box (and the
+        cells beyond a shared face, so rounding there never loses one). Nothing is measured: the
+        grid is as conservative as ``cells``."""
+        box = torch.as_tensor(aabb, dtype=torch.float32).reshape(-1)
+        grid = cls(box, resolution).to(cells.device)
+        out = cells.to(torch.uint8)
+        for axis in range(3):
+            n = out.shape[axis]
+            j = torch.arange(resolution, device=cells.device)
+            # cell j spans [j n / R, (j + 1) n / R] in units of the other grid's cells; where an end
+            # falls on a face of theirs, the cell beyond it counts too (float rounding may put a point there)
+            first = torch.clamp(j * n // resolution - ((j * n) % resolution == 0).long(), min=0)
+            last = torch.clamp((j + 1) * n // resolution, max=n - 1)
+            widest = int((last - first).max()) + 1
+            pooled = None
+            for o in range(widest):
+                part = out.index_select(axis, torch.minimum(first + o, last))
+                pooled = part if pooled is None else torch.maximum(pooled, part)
+            out = pooled
+        grid.binary.copy_(out > 0)
+        return grid
+
     @torch.no_grad()
     def levels(self) -> tuple[np.ndarray, np.ndarray]:
         """The grid and its coarser copies for skipping empty space in long strides (as
