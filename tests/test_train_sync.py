@@ -318,12 +318,17 @@ def test_overflow_is_counted_and_the_buffer_grows(scene, tmp_path):
 def test_buffer_follows_the_counts_down_and_up():
     cap = Capacity()
     assert cap.use(100_000) == 100_000  # before any count: the whole lattice
-    for step in range(16):
-        cap.observe(step, 3000, cap.use(100_000), 100_000)
-    assert cap.size == 4096 and cap.dropped == 0  # 1.25 x 3000, rounded up to 1024
-    cap.observe(16, 5000, cap.use(100_000), 100_000)
-    assert cap.size == 7168 and cap.dropped == 5000 - 4096 and cap.overflows == 1
-    cap.observe(17, 10**6, cap.use(100_000), 100_000)
+    cap.observe(0, 3000, cap.use(100_000), 100_000)
+    assert cap.size == 4096 and cap.dropped == 0  # the first count sets it: 1.25 x 3000, rounded up to 1024
+    cap.observe(1, 5000, cap.use(100_000), 100_000)
+    assert cap.size == 7168 and cap.dropped == 5000 - 4096 and cap.overflows == 1  # grows at once
+    for step in range(2, 16):
+        cap.observe(step, 2000, cap.use(100_000), 100_000)
+    assert cap.size == 7168  # 5000 is among the last 16 counts
+    cap.observe(16, 2000, cap.use(100_000), 100_000)
+    cap.observe(17, 2000, cap.use(100_000), 100_000)
+    assert cap.size == 3072 and cap.overflows == 1  # 16 counts of 2000 in a row: shrinks to 1.25 x 2000
+    cap.observe(18, 10**6, cap.use(100_000), 100_000)
     assert cap.size == 100_000  # never more than the lattice
 
 

@@ -22,7 +22,10 @@ once (the reference masks both factors, i.e. scales by epsilon squared); the sam
 space with an occupancy grid refreshed every ``occupancy_every`` steps (nerfacc-style) from the
 start, and TensoRF's alpha mask is that grid rebuilt at ``alpha_mask_steps`` (the first also
 shrinks the box to the occupied region); the appearance network runs only where the rendering
-weight exceeds ``weight_threshold``, as TensoRF does.
+weight exceeds ``weight_threshold``, as TensoRF does. Sync-free training steps (``sync_free``, on
+CUDA) read each step's loss ``readout_lag`` steps late: TRaIn raises the rank on the steps the
+reference would (for the same losses, its cooldown counted from them), and the new rank is used
+from that many steps later.
 """
 
 from __future__ import annotations
@@ -692,7 +695,7 @@ class SlimmeRFModel(Representation):
         """Rank and grid; after sync-free steps also the sample buffer's size and what did not fit
         in it or in the shading buffer (totals over the steps read so far, ``readout_lag`` behind)."""
         out = {"rank": self.current_rank, "grid": "x".join(str(g) for g in self.grid_size)}
-        if self._capacity.size is not None:
+        if self.sync_free and self._capacity.size is not None:
             out.update(sample_buffer=self._capacity.size, samples_dropped=self._capacity.dropped, shading_dropped=self._shade_capacity.dropped)
         return out
 

@@ -21,9 +21,10 @@ Padded slots evaluate the field at some lattice point and their answers are disc
 density and colour are set to zero and scattered nowhere), so they change neither the result nor
 the gradients. The true counts come back as device tensors (:class:`StaticCounts`); a caller reads
 them later (:class:`~scene3d.device.LaggedReadout`) and sizes the next buffers with
-:class:`Capacity`. Samples beyond a buffer's capacity are dropped (the rays at the end of the batch
-lose their farthest samples first, as they come last in lattice order): for densities that is
-empty space, for colours black. A caller counts them (``Capacity.dropped``) and reports them.
+:class:`Capacity`. Samples beyond a buffer's capacity are dropped: those that come last in lattice
+order (the last rays of the batch; the ray crossing the limit keeps its nearest samples). Dropped
+densities composite as empty space, dropped colours as black. A caller counts them
+(``Capacity.dropped``) and reports them.
 With capacities at least the counts, the result equals :func:`render_rays`' to float rounding.
 """
 
@@ -134,11 +135,12 @@ class Capacity:
     """The size of a buffer that must hold a count known only on the device, adapted from the
     counts the host reads some steps later.
 
-    The size grows at once when a count read exceeds it, and shrinks when ``window`` counts in a
-    row would fit in 0.8 of it; either way to ``growth`` times the largest of the last ``window``
-    counts, rounded up to a multiple of ``quantum`` (fewer distinct shapes for the allocator).
     ``None`` until first used: then the whole lattice, so nothing is dropped before the first
-    count arrives. ``dropped`` totals what the counts read exceeded the sizes their steps ran with.
+    count arrives, which sets the size. Afterwards the size grows at once when a count read exceeds
+    it, and shrinks when ``window`` counts in a row would fit in 0.8 of it; each time to ``growth``
+    times the largest of the last ``window`` counts, rounded up to a multiple of ``quantum`` (fewer
+    distinct shapes for the allocator). ``dropped`` totals what the counts read exceeded the sizes
+    their steps ran with.
     """
 
     size: int | None = None
@@ -174,5 +176,5 @@ class Capacity:
             self._recent.popleft()
         want = self.fit(max(self._recent), limit)
         current = self.use(limit)
-        if count > current or (len(self._recent) == self.window and want < 0.8 * current):
+        if count > current or len(self._recent) == 1 or (len(self._recent) == self.window and want < 0.8 * current):
             self.size = want
