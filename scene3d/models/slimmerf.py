@@ -349,6 +349,13 @@ class SlimmeRFModel(Representation):
         for group in self.optimizers["all"].param_groups:
             group["lr"] = (c.lr_grid if group["name"] == "grid" else c.lr_network) * factor
 
+    def _set_step_size(self) -> None:
+        """A new sampling step (the grid or the box changed): a ray crosses more samples when it
+        is shorter, so the sync-free buffers grow by as much at once, before counts tell."""
+        old, self.step_size = self.step_size, self._step_size()
+        for buffer in (self._capacity, self._shade_capacity):
+            buffer.scale(old / self.step_size)
+
     def _step_size(self) -> float:
         units = (self.aabb[1] - self.aabb[0]) / (torch.tensor(self.grid_size, dtype=torch.float32, device=self.aabb.device) - 1)
         return float(units.mean()) * self.cfg.step_ratio
@@ -659,7 +666,7 @@ class SlimmeRFModel(Representation):
                 params[p] = nn.Parameter(params[p].data[..., lo_l[v] : hi_l[v], :].contiguous())
         self.aabb.copy_(torch.stack([self.aabb[0] + lo.float() * units, self.aabb[0] + (hi - 1).float() * units]))
         self.grid_size = [h - l for l, h in zip(lo_l, hi_l)]
-        self.step_size = self._step_size()
+        self._set_step_size()
         self.optimizers = self.make_optimizers()
 
     @torch.no_grad()
@@ -677,7 +684,7 @@ class SlimmeRFModel(Representation):
             for p, v in enumerate(VEC_MODES):
                 params[p] = nn.Parameter(F.interpolate(params[p].data, size=(res[v], 1), mode="bilinear", align_corners=True))
         self.grid_size = res
-        self.step_size = self._step_size()
+        self._set_step_size()
         if c.lr_upsample_reset:
             self.lr_reset_step = step
         self.optimizers = self.make_optimizers()

@@ -136,21 +136,27 @@ class Capacity:
     counts the host reads some steps later.
 
     ``None`` until first used: then the whole lattice, so nothing is dropped before the first
-    count arrives, which sets the size. Afterwards the size grows at once when a count read exceeds
-    it, and shrinks when ``window`` counts in a row would fit in 0.8 of it; each time to ``growth``
-    times the largest of the last ``window`` counts, rounded up to a multiple of ``quantum`` (fewer
-    distinct shapes for the allocator). ``dropped`` totals what the counts read exceeded the sizes
-    their steps ran with.
+    count arrives, which sets the size to ``growth`` times it. A count read that exceeds the size
+    makes it ``jump`` times that count at once: a count that outgrew its buffer is usually still
+    growing (early in training, as the field turns opaque, the samples worth shading grow by a few
+    percent a step), and the steps until the next count is read run with the new size. Once
+    ``window`` counts in a row read since the size last changed would fit in 0.8 of it, it shrinks
+    to ``growth`` times the largest of them. Sizes are rounded up to a multiple of ``quantum`` (fewer distinct shapes for
+    the allocator) and never exceed the lattice. ``dropped`` totals what the counts read exceeded
+    the sizes their steps ran with.
     """
 
     size: int | None = None
     growth: float = 1.25
+    jump: float = 2.0
     quantum: int = 1024
     window: int = 16
     dropped: int = 0
     """Entries that did not fit, over the steps read so far."""
     overflows: int = 0
     """Steps read so far that dropped entries."""
+    reads: int = 0
+    """Counts read so far."""
     name: str = "buffer"
     _recent: deque = field(default_factory=deque, repr=False)
 
@@ -160,8 +166,15 @@ class Capacity:
             self.size = limit
         return max(1, min(self.size, limit))
 
-    def fit(self, count: int, limit: int) -> int:
-        return max(1, min(limit, self.quantum * math.ceil(self.growth * count / self.quantum)))
+    def fit(self, count: float, limit: int) -> int:
+        return max(1, min(limit, self.quantum * math.ceil(count / self.quantum)))
+
+    def scale(self, factor: float) -> None:
+        """Expects counts ``factor`` times larger from now on: a larger size at once (a smaller
+        one only once counts show it)."""
+        if self.size is not None and factor > 1:
+            self.size = self.quantum * math.ceil(self.size * factor / self.quantum)
+            self._recent.clear()
 
     def observe(self, step: int, count: int, used: int, limit: int) -> None:
         """Notes that ``step`` needed ``count`` entries and ran with ``used`` slots."""
@@ -171,10 +184,16 @@ class Capacity:
                 log.warning("%s: step %d dropped %d of %d entries (size %d); the size grows and drops are counted in the metrics", self.name, step, over, count, used)
             self.dropped += over
             self.overflows += 1
+        first = self.reads == 0
+        self.reads += 1
         self._recent.append(count)
         if len(self._recent) > self.window:
             self._recent.popleft()
-        want = self.fit(max(self._recent), limit)
         current = self.use(limit)
-        if count > current or len(self._recent) == 1 or (len(self._recent) == self.window and want < 0.8 * current):
-            self.size = want
+        settled = self.fit(self.growth * max(self._recent), limit)
+        if count > current:
+            self.size = self.fit(self.jump * count, limit)
+            self._recent.clear()  # shrinking waits for ``window`` counts read at this size
+        elif first or (len(self._recent) == self.window and settled < 0.8 * current):
+            self.size = settled
+            self._recent.clear()
