@@ -18,7 +18,7 @@ from scene3d.data.training import Batch
 from scene3d.densify.base import Strategy
 from scene3d.device import LaggedReadout, to_device_async
 from scene3d.models.slimmerf import PRESETS, SlimmeRFConfig, SlimmeRFModel
-from scene3d.renderers.rays import OccupancyGrid, Rays, nerfacc_available, ray_aabb, render_rays, sample_along_rays, sample_lattice
+from scene3d.renderers.rays import Rays, nerfacc_available, ray_aabb, sample_along_rays, sample_lattice
 from scene3d.renderers.rays.static import Capacity, compact, render_rays_static
 from scene3d.train.config import TrainConfig
 from scene3d.train.engine import SingleDevice
