@@ -141,9 +141,9 @@ class Capacity:
     growing (early in training, as the field turns opaque, the samples worth shading grow by a few
     percent a step), and the steps until the next count is read run with the new size. Once
     ``window`` counts in a row read since the size last changed would fit in 0.8 of it, it shrinks
-    to ``growth`` times the largest of them. Sizes are rounded up to a multiple of ``quantum`` (fewer distinct shapes for
-    the allocator) and never exceed the lattice. ``dropped`` totals what the counts read exceeded
-    the sizes their steps ran with.
+    to ``growth`` times the largest of them. Sizes are rounded up to a multiple of ``quantum``
+    (fewer distinct shapes for the allocator) and never exceed the lattice. ``dropped`` totals what
+    the counts read exceeded the sizes their steps ran with.
     """
 
     size: int | None = None
@@ -167,6 +167,7 @@ class Capacity:
         return max(1, min(self.size, limit))
 
     def fit(self, count: float, limit: int) -> int:
+        """``count`` rounded up to a multiple of ``quantum``, at most ``limit``."""
         return max(1, min(limit, self.quantum * math.ceil(count / self.quantum)))
 
     def scale(self, factor: float) -> None:
