@@ -252,8 +252,24 @@ class Cameras:
         fx, fy, cx, cy, model, dist = self._select(index, uv.ndim)
         xd = (uv[..., 0] - cx) / fx
         yd = (uv[..., 1] - cy) / fy
-        dirs = normalized_to_camera_dirs(torch.stack([xd, yd], dim=-1), model, dist)
+        if self.all_pinhole:  # no distortion to invert, known without reading the device
+            dirs = torch.stack([xd, yd, torch.ones_like(xd)], dim=-1)
+        else:
+            dirs = normalized_to_camera_dirs(torch.stack([xd, yd], dim=-1), model, dist)
         return dirs / torch.linalg.norm(dirs, dim=-1, keepdim=True)
+
+    @property
+    def all_pinhole(self) -> bool:
+        """Whether no camera of the batch is distorted or fisheye. Read once per batch (from its
+        host copy where it has one) and kept while ``model`` and ``dist`` are unchanged, so rays
+        drawn every training step do not wait for the device to answer it."""
+        key = (self.model._version, self.dist._version)
+        cached = self.__dict__.get("_all_pinhole")
+        if cached is None or cached[0] != key:
+            host = self.on_host()
+            cached = (key, not bool(host.is_distorted.any()))
+            object.__setattr__(self, "_all_pinhole", cached)
+        return cached[1]
 
     def _select(self, index, uv_ndim: int):
         params = (self.fx, self.fy, self.cx, self.cy, self.model, self.dist)

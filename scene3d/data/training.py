@@ -5,7 +5,8 @@ are views and random pixels one gather), keeps the training cameras and masks on
 and hands representations their batches: whole images (:meth:`TrainingData.image_batch`, each
 epoch a seeded permutation of the training views) or random rays across all training images
 (:meth:`TrainingData.ray_batch`). Nothing here synchronises with the host, so a step on a GPU
-queues its work without waiting.
+queues its work without waiting: what is drawn on the host (pixels, backgrounds) reaches the device
+by queued copies from pinned memory (:func:`~scene3d.device.to_device_async`).
 
 Randomness is a function of (seed, step): the image order, the random background and the rays a
 step draws, so a resumed run continues exactly like an uninterrupted one.
@@ -20,6 +21,7 @@ from torch import Tensor
 
 from scene3d.cameras import Cameras
 from scene3d.data.dataset import composite
+from scene3d.device import to_device_async
 from scene3d.renderers.rays.pixels import Rays, pixel_rays, sample_pixels
 
 
@@ -76,6 +78,7 @@ class TrainingData:
         self.background_mode = background_mode
         self.seed, self.stream = int(seed), int(stream)
         self.train_indices = list(dataset.train_indices)
+        self._train_indices = torch.tensor(self.train_indices, dtype=torch.int64)  # on the host, for sample_pixels
         self.cameras = dataset.cameras.to(self.device)  # every camera; indexed by dataset index
         self._camera: dict[int, Cameras] = {}
         fixed = dataset.background_for(background_mode) if background_mode != "random" else None
@@ -131,7 +134,7 @@ class TrainingData:
     def background(self, step: int) -> Tensor | None:
         """[3] this step's background: a seeded random colour in ``random`` mode, else the fixed one."""
         if self.background_mode == "random":
-            return torch.rand(3, generator=step_generator(self.seed, step, self.stream)).to(self.device)
+            return to_device_async(torch.rand(3, generator=step_generator(self.seed, step, self.stream)), self.device)
         return self.fixed_background
 
     # ------------------------------------------------------------------ batches
@@ -146,9 +149,8 @@ class TrainingData:
 
     def ray_batch(self, step: int, n: int, generator: torch.Generator) -> Batch:
         """``n`` rays through random pixels of random training images (drawn from ``generator``)."""
-        cam, x, y = sample_pixels(self.ds.cameras, self.train_indices, n, generator)
-        dev = self.device
-        cam, x, y = cam.to(dev), x.to(dev), y.to(dev)
+        cam, x, y = sample_pixels(self.ds.cameras, self._train_indices, n, generator)
+        cam, x, y = to_device_async(torch.stack([cam, x, y]), self.device)  # drawn on the host: one copy, queued
         rays = pixel_rays(self.cameras, cam, x, y)
         bg = self.background(step)
         idx = self.offsets[cam] + y * self.widths[cam] + x

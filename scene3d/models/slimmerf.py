@@ -22,7 +22,10 @@ once (the reference masks both factors, i.e. scales by epsilon squared); the sam
 space with an occupancy grid refreshed every ``occupancy_every`` steps (nerfacc-style) from the
 start, and TensoRF's alpha mask is that grid rebuilt at ``alpha_mask_steps`` (the first also
 shrinks the box to the occupied region); the appearance network runs only where the rendering
-weight exceeds ``weight_threshold``, as TensoRF does.
+weight exceeds ``weight_threshold``, as TensoRF does. Sync-free training steps (``sync_free``, on
+CUDA) read each step's loss ``readout_lag`` steps late: TRaIn raises the rank on the steps the
+reference would (for the same losses, its cooldown counted from them), and the new rank is used
+from that many steps later.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scene3d.cameras import Cameras
+from scene3d.device import LaggedReadout
 from scene3d.models.base import Caps, Control, Representation, focus_of_box
+from scene3d.renderers.rays.static import Capacity
 
 @dataclass
 class SlimmeRFConfig:
@@ -129,6 +134,20 @@ class SlimmeRFConfig:
     sphere): the dataset's AABB clipped to it. Unbounded captures are modelled inside it."""
     backend: Literal["auto", "nerfacc", "torch"] = "auto"
     """Volume rendering: nerfacc's batched functions (CPU and CUDA) or the PyTorch twin."""
+    sync_free: Literal["auto", "on", "off"] = "auto"
+    """Training steps that never wait for the device (:mod:`scene3d.renderers.rays.static`):
+    samples on a fixed lattice compacted into buffers whose sizes follow counts the host reads
+    ``readout_lag`` steps later, and TRaIn decided on losses read as late. ``auto``: on every
+    device but the CPU (where reading a value is free, as the engine's ``host_sync_is_free``
+    says); ``on``: also on the CPU (tests); ``off``: never."""
+    sample_capacity: int = 0
+    """Sync-free training: the first size of the buffer of sample points (0: the whole lattice,
+    rays x samples per ray, so nothing is dropped before counts are read). It then follows 1.25x
+    the largest recent count; samples beyond it are dropped and counted (``samples_dropped`` in
+    the training metrics)."""
+    readout_lag: int = 2
+    """Sync-free training: steps between a step and the host's reading of its loss and sample
+    counts. TRaIn and the buffer sizes act on a step's numbers this many steps later."""
 
 
 PRESETS: dict[str, dict] = {
@@ -235,6 +254,10 @@ class SlimmeRFModel(Representation):
         self.eval_rank: int | None = None  # slimming at test time: render() uses this rank
         self.step_size = self._step_size()
         self.last_loss: float | None = None
+        self._readout = LaggedReadout(cfg.readout_lag)  # sync-free steps: (loss, counts) on their way to the host
+        self._capacity = Capacity(cfg.sample_capacity or None, name="slimmerf sample buffer")
+        self._shade_capacity = Capacity(cfg.sample_capacity or None, name="slimmerf shading buffer")
+        self._in_flight: tuple | None = None  # the sync-free forward's (counts, sizes) until after_step
         self.train_rank: int | None = None  # the prefix this training step renders (None: the current rank)
         self.last_rank_step = -10**9
         self.upsample_index = 0
@@ -332,13 +355,24 @@ class SlimmeRFModel(Representation):
         for group in self.optimizers["all"].param_groups:
             group["lr"] = (c.lr_grid if group["name"] == "grid" else c.lr_network) * factor
 
+    def _set_step_size(self) -> None:
+        """A new sampling step (the grid or the box changed): a ray crosses more samples when it
+        is shorter, so the sync-free buffers grow by as much at once, before counts tell."""
+        old, self.step_size = self.step_size, self._step_size()
+        for buffer in (self._capacity, self._shade_capacity):
+            buffer.scale(old / self.step_size)
+
     def _step_size(self) -> float:
         units = (self.aabb[1] - self.aabb[0]) / (torch.tensor(self.grid_size, dtype=torch.float32, device=self.aabb.device) - 1)
         return float(units.mean()) * self.cfg.step_ratio
 
     def num_samples(self) -> int:
-        diag = float(torch.linalg.norm(self.aabb[1] - self.aabb[0]))
-        return int(min(self.cfg.max_samples, math.ceil(diag / self.step_size) + 1))
+        """Most samples a ray needs: the box's diagonal over the step (at most ``max_samples``).
+        The diagonal is read once per box (training asks every step)."""
+        key = (self.aabb.data_ptr(), self.aabb._version)
+        if getattr(self, "_diagonal", (None,))[0] != key:
+            self._diagonal = (key, float(torch.linalg.norm(self.aabb[1] - self.aabb[0])))
+        return int(min(self.cfg.max_samples, math.ceil(self._diagonal[1] / self.step_size) + 1))
 
     # ------------------------------------------------------------------ rank
     def rank_masks(self, rank: int | None = None, epsilon: float | None = None) -> tuple[Tensor, Tensor]:
@@ -354,9 +388,12 @@ class SlimmeRFModel(Representation):
         return d, a.repeat(3)
 
     def after_step(self, step: int, losses: dict[str, Tensor]) -> None:
-        """TRaIn (on this step's photometric loss), the occupancy grid, the alpha mask and the upsampling schedule."""
+        """TRaIn (on this step's photometric loss; a sync-free step's is read ``readout_lag`` steps
+        later), the occupancy grid, the alpha mask and the upsampling schedule."""
         c = self.cfg
-        if getattr(self, "train_rank", None) is not None:
+        if self._in_flight is not None:
+            self._read_later(step, losses["rgb"])
+        elif getattr(self, "train_rank", None) is not None:
             self.train_rank = None  # a prefix step: its loss is not comparable with the full model's (TRaIn skips it)
         else:
             self._rank_increment(step, float(losses["rgb"]))  # TRaIn decides on the host: one synchronisation per step
@@ -368,6 +405,21 @@ class SlimmeRFModel(Representation):
         if done in c.upsample_steps:
             self.upsample(done)
 
+    def _read_later(self, step: int, loss: Tensor) -> None:
+        """Queues this sync-free step's loss and sample counts for the host, and acts on those of
+        the step ``readout_lag`` back: TRaIn as :meth:`_rank_increment` on its loss (unless it
+        trained a prefix), the buffer sizes on its counts. Nothing here waits for the device."""
+        counts, points, shade, limit = self._in_flight
+        self._in_flight = None
+        values = torch.stack([loss.detach().double(), counts.points.double(), counts.shaded.double()])
+        self._readout.push(step, values, (self.train_rank is not None, points, shade, limit))
+        self.train_rank = None
+        for at, (loss_at, n_points, n_shaded), (prefix, points_at, shade_at, limit_at) in self._readout.due(step):
+            if not prefix:
+                self._rank_increment(at, float(loss_at))
+            self._capacity.observe(at, int(n_points), points_at, limit_at)
+            self._shade_capacity.observe(at, int(n_shaded), shade_at, limit_at)
+
     def _rank_increment(self, step: int, loss: float) -> None:
         c = self.cfg
         if self.last_loss is not None and self.current_rank < c.rank and step - self.last_rank_step > c.rank_cooldown:
@@ -378,8 +430,9 @@ class SlimmeRFModel(Representation):
 
     # ------------------------------------------------------------------ features
     def _coords(self, pts: Tensor) -> tuple[Tensor, Tensor]:
+        # columns picked one by one: indexing by a list makes a tensor of it, copied from the host
         x = (pts - self.aabb[0]) / (self.aabb[1] - self.aabb[0]) * 2 - 1
-        plane = torch.stack([x[:, list(m)] for m in MAT_MODES]).view(3, -1, 1, 2)
+        plane = torch.stack([torch.stack([x[:, a], x[:, b]], dim=-1) for a, b in MAT_MODES]).view(3, -1, 1, 2)
         line = torch.stack([x[:, v] for v in VEC_MODES])
         line = torch.stack([torch.zeros_like(line), line], dim=-1).view(3, -1, 1, 2)
         return plane, line
@@ -387,7 +440,7 @@ class SlimmeRFModel(Representation):
     @staticmethod
     def _sample(params, coords: Tensor, p: int, channels: int | None = None) -> Tensor:
         grid = params[p] if channels is None else params[p][:, :channels]  # a leading-channel slice: no copy
-        return F.grid_sample(grid, coords[[p]], align_corners=True).view(grid.shape[1], -1)
+        return F.grid_sample(grid, coords[p : p + 1], align_corners=True).view(grid.shape[1], -1)
 
     def _kept(self, rank: int | None) -> int:
         return self.current_rank if rank is None else max(1, min(int(rank), self.cfg.rank))
@@ -558,11 +611,41 @@ class SlimmeRFModel(Representation):
     def forward(self, batch, step: int):
         self.train_rank = None
         if self.cfg.prefix_prob > 0 and self.current_rank > 1:
+            # the step's generator lives on the host (the engine's), so reading its draw waits for nothing
             u = torch.rand(2, generator=batch.generator, device=batch.generator.device).tolist()
             rank = 1 + min(int(u[1] * self.current_rank), self.current_rank - 1)  # 1 .. current
             if u[0] < self.cfg.prefix_prob and rank < self.current_rank:
                 self.train_rank = rank
+        if self.sync_free:
+            return self._forward_static(batch)
         return self.render_rays(batch.rays, background=batch.background, rank=self.train_rank, stratified=True, generator=batch.generator)
+
+    @property
+    def sync_free(self) -> bool:
+        """Whether training steps take the sync-free path (``cfg.sync_free``)."""
+        mode = self.cfg.sync_free
+        return mode == "on" or (mode == "auto" and self.aabb.device.type != "cpu")
+
+    def _forward_static(self, batch):
+        """The training render of :meth:`render_rays` with every shape fixed on the host
+        (:func:`~scene3d.renderers.rays.static.render_rays_static`): the lattice of
+        :meth:`num_samples` per ray, buffers sized by :attr:`_capacity` and :attr:`_shade_capacity`."""
+        from scene3d.renderers.rays.aabb import ray_aabb
+        from scene3d.renderers.rays.sampling import sample_lattice
+        from scene3d.renderers.rays.static import render_rays_static
+
+        rays, rank = batch.rays, self.train_rank
+        per_ray = self.num_samples()
+        near, far, _ = ray_aabb(rays.origins.detach(), rays.dirs.detach(), self.aabb.reshape(-1), check=False)  # the box was checked when made
+        samples = sample_lattice(rays.origins, rays.dirs, near, far, self.step_size, per_ray, self.occupancy, stratified=True, generator=batch.generator)
+        limit = len(rays) * per_ray
+        points = self._capacity.use(limit)
+        shade = min(self._shade_capacity.use(limit), points)
+        out, counts = render_rays_static(lambda p: self.density(p, rank), lambda p, d: self.color(p, d, rank), rays, samples,
+                                         capacity=points, shade_capacity=shade, background=batch.background, backend=self.cfg.backend,
+                                         weight_threshold=self.cfg.weight_threshold, shade_topk=self.cfg.shade_topk)  # fmt: skip
+        self._in_flight = (counts, points, shade, limit)
+        return out
 
     def losses(self, out, batch, step: int) -> dict[str, Tensor]:
         """MSE on the rays, L1 on the (rank-masked) density components, and TV when its weights are set."""
@@ -640,7 +723,7 @@ class SlimmeRFModel(Representation):
                 params[p] = nn.Parameter(params[p].data[..., lo_l[v] : hi_l[v], :].contiguous())
         self.aabb.copy_(torch.stack([self.aabb[0] + lo.float() * units, self.aabb[0] + (hi - 1).float() * units]))
         self.grid_size = [h - l for l, h in zip(lo_l, hi_l)]
-        self.step_size = self._step_size()
+        self._set_step_size()
         self.optimizers = self.make_optimizers()
 
     @torch.no_grad()
@@ -658,7 +741,7 @@ class SlimmeRFModel(Representation):
             for p, v in enumerate(VEC_MODES):
                 params[p] = nn.Parameter(F.interpolate(params[p].data, size=(res[v], 1), mode="bilinear", align_corners=True))
         self.grid_size = res
-        self.step_size = self._step_size()
+        self._set_step_size()
         if c.lr_upsample_reset:
             self.lr_reset_step = step
         self.optimizers = self.make_optimizers()
@@ -673,10 +756,16 @@ class SlimmeRFModel(Representation):
 
     # ------------------------------------------------------------------ reporting and the viewer
     def stats(self) -> dict:
-        return {"rank": self.current_rank, "grid": "x".join(str(g) for g in self.grid_size)}
+        """Rank and grid; after sync-free steps also the sample buffer's size and what did not fit
+        in it or in the shading buffer (totals over the steps read so far, ``readout_lag`` behind)."""
+        out = {"rank": self.current_rank, "grid": "x".join(str(g) for g in self.grid_size)}
+        if self.sync_free and self._capacity.size is not None:
+            out.update(sample_buffer=self._capacity.size, samples_dropped=self._capacity.dropped, shading_dropped=self._shade_capacity.dropped)
+        return out
 
     def describe(self) -> str:
-        return f"rank {self.current_rank}/{self.cfg.rank}  grid {'x'.join(str(g) for g in self.grid_size)}"
+        dropped = self._capacity.dropped + self._shade_capacity.dropped
+        return f"rank {self.current_rank}/{self.cfg.rank}  grid {'x'.join(str(g) for g in self.grid_size)}" + (f"  dropped {dropped}" if dropped else "")
 
     def controls(self) -> list[Control]:
         return [Control("rank", "Rank", "slider", self.cfg.rank, 1, self.cfg.rank, 1, hint="Slimming: render with only the first r components (no retraining).")]

@@ -30,11 +30,14 @@ from torch import Tensor
 AabbBackend = Literal["torch", "nerfacc"]
 
 
-def as_aabb(aabb: Tensor | Sequence[float], like: Tensor) -> Tensor:
-    """``aabb`` as a [6] tensor (xmin, ymin, zmin, xmax, ymax, zmax) with ``like``'s dtype and device."""
+def as_aabb(aabb: Tensor | Sequence[float], like: Tensor, check: bool = True) -> Tensor:
+    """``aabb`` as a [6] tensor (xmin, ymin, zmin, xmax, ymax, zmax) with ``like``'s dtype and
+    device. ``check=False`` skips the test that max exceeds min: it reads the box's values, which
+    for a box on an accelerator waits for the device (a box its owner checked when making it)."""
     box = torch.as_tensor(aabb, dtype=like.dtype, device=like.device).reshape(-1)
     assert box.shape == (6,), f"aabb must have 6 numbers (xmin, ymin, zmin, xmax, ymax, zmax), got {tuple(box.shape)}"
-    assert bool((box[3:] > box[:3]).all()), f"aabb max must exceed min on every axis, got {box.tolist()}"
+    if check:
+        assert bool((box[3:] > box[:3]).all()), f"aabb max must exceed min on every axis, got {box.tolist()}"
     return box
 
 
@@ -45,8 +48,9 @@ def ray_aabb(
     near_min: float = 0.0,
     *,
     backend: AabbBackend = "torch",
+    check: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Where rays enter and leave a box.
+    """Where rays enter and leave a box (``check``: as :func:`as_aabb`'s).
 
     Returns:
         near: [N], far: [N] ray parameters (0 for misses), hit: [N] bool.
@@ -54,7 +58,7 @@ def ray_aabb(
     n = origins.shape[0]
     assert origins.shape == (n, 3), f"origins must be [N, 3], got {tuple(origins.shape)}"
     assert dirs.shape == (n, 3), f"dirs must be [{n}, 3], got {tuple(dirs.shape)}"
-    box = as_aabb(aabb, origins)
+    box = as_aabb(aabb, origins, check)
     if backend == "nerfacc":
         return _ray_aabb_nerfacc(origins, dirs, box, near_min)
     if backend != "torch":

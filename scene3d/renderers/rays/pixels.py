@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -19,13 +20,14 @@ from scene3d.cameras import Cameras
 
 
 def sample_pixels(
-    cameras: Cameras, camera_indices: list[int], n: int, generator: torch.Generator
+    cameras: Cameras, camera_indices: list[int] | Tensor, n: int, generator: torch.Generator
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Draws ``n`` random pixels from the images of ``camera_indices``.
 
     Args:
         cameras: all cameras of the scene.
-        camera_indices: the training cameras to draw from (indices into ``cameras``).
+        camera_indices: the training cameras to draw from (indices into ``cameras``): a list, or
+            an int64 tensor on the host (made once by a caller that draws every step).
         n: number of pixels.
         generator: the random stream (its device is where the drawing happens).
     Returns:
@@ -37,10 +39,10 @@ def sample_pixels(
         raise ValueError("sample_pixels needs at least one camera index")
     assert n >= 0, f"n must be >= 0, got {n}"
     dev = generator.device
-    indices = torch.as_tensor(camera_indices, dtype=torch.int64, device=dev)
-    assert int(indices.min()) >= 0 and int(indices.max()) < len(cameras), (
-        f"camera_indices must lie in [0, {len(cameras)}), got {camera_indices}"
-    )
+    given = isinstance(camera_indices, Tensor)
+    host = camera_indices.numpy() if given else np.asarray(camera_indices, dtype=np.int64)  # checked on the host
+    assert host.min() >= 0 and host.max() < len(cameras), f"camera_indices must lie in [0, {len(cameras)}), got {camera_indices}"
+    indices = (camera_indices if given else torch.from_numpy(host)).to(dev, torch.int64)
     pick = torch.randint(len(indices), (n,), generator=generator, device=dev)
     cam = indices[pick]
     w = cameras.width.to(dev)[cam]
@@ -90,8 +92,9 @@ _FOOTPRINT = 2.0 / math.sqrt(12.0)
 
 def _footprint(cameras: Cameras, index, uv: Tensor, dirs: Tensor) -> Tensor:
     """[R] cone radii: the directions' spacing to the next pixel right and below (geometric mean)."""
-    _, dx = cameras.generate_rays(index, uv + uv.new_tensor([1.0, 0.0]))
-    _, dy = cameras.generate_rays(index, uv + uv.new_tensor([0.0, 1.0]))
+    u, v = uv.unbind(-1)  # offsets made on the device: a tensor of Python numbers would be copied from the host
+    _, dx = cameras.generate_rays(index, torch.stack([u + 1.0, v], dim=-1))
+    _, dy = cameras.generate_rays(index, torch.stack([u, v + 1.0], dim=-1))
     spacing = torch.sqrt(torch.linalg.norm(dx - dirs, dim=-1) * torch.linalg.norm(dy - dirs, dim=-1))
     return spacing * _FOOTPRINT
 

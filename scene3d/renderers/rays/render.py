@@ -49,7 +49,7 @@ class RayOutput:
     rgb: Tensor  # [N, C], background composited
     alpha: Tensor  # [N, 1] accumulated opacity
     depth: Tensor  # [N, 1] expected distance sum(w t_mid) / max(alpha, 1e-10)
-    num_samples: int  # field evaluations (valid samples)
+    num_samples: int  # density evaluations: the valid samples (render_rays_static: its buffer, padding included)
     weights: Tensor  # [N, S] compositing weights of ``samples``
     samples: RaySamples
 

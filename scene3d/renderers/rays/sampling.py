@@ -49,7 +49,7 @@ class RaySamples:
 
     t_starts: Tensor  # [N, S]
     t_ends: Tensor  # [N, S]
-    valid: Tensor  # [N, S] bool; valid entries come first in each row
+    valid: Tensor  # [N, S] bool; valid entries come first in each row (``sample_lattice``: in place)
     extras: dict = field(default_factory=dict)  # what a sampler leaves for the model's losses
 
     @property
@@ -101,6 +101,50 @@ def sample_along_rays(
         mid = origins.detach()[:, None, :] + dirs.detach()[:, None, :] * (0.5 * (t_starts + t_ends))[..., None]
         valid &= grid.occupied(mid.reshape(-1, 3)).reshape(n, s0)
     return _compact(t_starts, t_ends, valid, far)
+
+
+def sample_lattice(
+    origins: Tensor,  # [N, 3]
+    dirs: Tensor,  # [N, 3]
+    near: Tensor,  # [N]
+    far: Tensor,  # [N]; rays with far <= near get no samples
+    step_size: float,
+    num_samples: int,
+    grid: Optional["OccupancyGrid"] = None,
+    stratified: bool = False,
+    generator: Optional[torch.Generator] = None,
+) -> RaySamples:
+    """The intervals of :func:`sample_along_rays` on the fixed lattice [N, ``num_samples``],
+    without reading anything back from the device: ``num_samples`` is a bound the caller knows
+    (from the box's diagonal and ``max_samples``), not the longest ray of this batch, and the
+    rows are not compacted, so valid entries stay where they are (interleaved with invalid ones,
+    which are the empty interval ``t_start = t_end = far``). A ray's valid intervals are those of
+    :func:`sample_along_rays` (same jitter, same order) as long as it needs at most
+    ``num_samples``. The jitter is drawn on ``generator``'s device and copied to the rays' device
+    by a queued copy (:func:`~scene3d.device.to_device_async`)."""
+    from scene3d.device import to_device_async
+
+    n = origins.shape[0]
+    assert origins.shape == (n, 3) and dirs.shape == (n, 3), (
+        f"origins and dirs must be [N, 3], got {tuple(origins.shape)} and {tuple(dirs.shape)}"
+    )
+    assert near.shape == (n,) and far.shape == (n,), f"near and far must be [{n}], got {tuple(near.shape)}, {tuple(far.shape)}"
+    assert step_size > 0 and num_samples >= 1, f"step_size and num_samples must be positive, got {step_size}, {num_samples}"
+    near, far = near.detach(), far.detach()
+    if stratified:
+        gen_device = generator.device if generator is not None else near.device
+        u = to_device_async(torch.rand(n, generator=generator, device=gen_device), near.device).to(near.dtype)
+    else:
+        u = torch.zeros_like(near)
+    k = torch.arange(num_samples, device=near.device, dtype=near.dtype)
+    t_starts = near[:, None] + (k[None, :] + u[:, None]) * step_size
+    t_ends = torch.minimum(t_starts + step_size, far[:, None])
+    valid = t_starts < far[:, None]
+    if grid is not None:
+        mid = origins.detach()[:, None, :] + dirs.detach()[:, None, :] * (0.5 * (t_starts + t_ends))[..., None]
+        valid &= grid.occupied(mid.reshape(-1, 3)).reshape(n, num_samples)
+    fill = far[:, None].expand_as(t_starts)
+    return RaySamples(torch.where(valid, t_starts, fill), torch.where(valid, t_ends, fill), valid)
 
 
 def _compact(t_starts: Tensor, t_ends: Tensor, valid: Tensor, far: Tensor) -> RaySamples:
