@@ -765,7 +765,10 @@ class SlimmeRFModel(Representation):
 
     def describe(self) -> str:
         dropped = self._capacity.dropped + self._shade_capacity.dropped
-        return f"rank {self.current_rank}/{self.cfg.rank}  grid {'x'.join(str(g) for g in self.grid_size)}" + (f"  dropped {dropped}" if dropped else "")
+        shown = f"rank {self.current_rank}/{self.cfg.rank}"
+        if self.eval_rank is not None and self.eval_rank < self.current_rank:
+            shown = f"rank {self.eval_rank} (of {self.current_rank}/{self.cfg.rank})"
+        return f"{shown}  grid {'x'.join(str(g) for g in self.grid_size)}" + (f"  dropped {dropped}" if dropped else "")
 
     def controls(self) -> list[Control]:
         return [Control("rank", "Rank", "slider", self.cfg.rank, 1, self.cfg.rank, 1, hint="Slimming: render with only the first r components (no retraining).")]
