@@ -24,6 +24,8 @@ million scattered table reads per pass, half of the time waiting for memory):
   reads dL/dout level-major (contiguous).
 * every pass computes the corners of the point ``PREFETCH`` ahead and prefetches their entries
   (a ring of ``PREFETCH`` points' corners): 1.8x faster than waiting on each load.
+* the caller allocates the big arrays with numpy, which asks for huge pages (numba's own
+  allocations of the 48 MiB gradient cost 20 ms of page faults, numpy's 5 ms).
 """
 
 import numpy as np
@@ -134,13 +136,12 @@ def _stage(ring_e, ring_w, slot, x, j, scale, res, size, dense, table, n_feature
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def grid_forward(x, params, offsets, scales, resolutions, dense, n_features):
-    """[M, L*F] features of points ``x`` [M, 3]: column ``l F + f`` is
-    ``sum_c w_c params[(offsets[l] + e_c) F + f]``."""
+def grid_forward(x, params, offsets, scales, resolutions, dense, n_features, per_level, out):
+    """Fills ``out`` [M, L*F] with the features of points ``x`` [M, 3]: column ``l F + f`` is
+    ``sum_c w_c params[(offsets[l] + e_c) F + f]``; ``per_level`` [L, M, F] is scratch."""
     m = x.shape[0]
     n_levels = scales.shape[0]
     n_chunks = (m + CHUNK - 1) // CHUNK
-    per_level = np.empty((n_levels, m, n_features), np.float32)
     for lvl in range(n_levels):
         scale, res, dn = scales[lvl], resolutions[lvl], dense[lvl]
         size = offsets[lvl + 1] - offsets[lvl]
@@ -160,42 +161,38 @@ def grid_forward(x, params, offsets, scales, resolutions, dense, n_features):
                     per_level[lvl, i, f] = acc
                 if i + PREFETCH < hi:
                     _stage(ring_e, ring_w, slot, x, i + PREFETCH, scale, res, size, dn, table, n_features)
-    out = np.empty((m, n_levels * n_features), np.float32)
     for i in prange(m):
         for lvl in range(n_levels):
             for f in range(n_features):
                 out[i, lvl * n_features + f] = per_level[lvl, i, f]
-    return out
 
 
 @njit(parallel=True, cache=True)
-def level_major(grad_out, n_levels, n_features):
-    """[L, M, F] copy of dL/dout [M, L*F] (each level's gradients contiguous)."""
-    m = grad_out.shape[0]
-    out = np.empty((n_levels, m, n_features), np.float32)
+def level_major(grad_out, out):
+    """Fills ``out`` [L, M, F] with dL/dout [M, L*F] (each level's gradients contiguous)."""
+    n_levels, m, n_features = out.shape
     for i in prange(m):
         for lvl in range(n_levels):
             for f in range(n_features):
                 out[lvl, i, f] = grad_out[i, lvl * n_features + f]
-    return out
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def grid_backward_params(x, grad_lmf, offsets, scales, resolutions, dense, n_features, level_order):
-    """dL/dparams [n_params] from dL/dout level-major ``grad_lmf`` [L, M, F]: ``w_c dL/dout[i, l F + f]``
-    added at each corner's entry. Levels run in parallel in ``level_order`` (biggest first), one
+def grid_backward_params(x, grad_lmf, offsets, scales, resolutions, dense, n_features, level_order, grad):
+    """Fills ``grad`` [n_params] with dL/dparams from dL/dout level-major ``grad_lmf`` [L, M, F]:
+    ``w_c dL/dout[i, l F + f]`` added at each corner's entry. Levels run in parallel in ``level_order`` (biggest first), one
     thread per level at a time, each zeroing and filling only its level's region. Call it with
     ``numba.set_parallel_chunksize(1)`` (dynamic schedule: a thread takes the next level when it
     is done); numba's default hands each thread a fixed half of the levels."""
     m = x.shape[0]
     n_levels = scales.shape[0]
-    grad = np.empty(offsets[n_levels] * n_features, np.float32)
     for k in prange(n_levels):
         lvl = level_order[k]
         scale, res, dn = scales[lvl], resolutions[lvl], dense[lvl]
         size = offsets[lvl + 1] - offsets[lvl]
         table = grad[offsets[lvl] * n_features : offsets[lvl + 1] * n_features]
-        table[:] = 0.0
+        for q in range(table.shape[0]):
+            table[q] = 0.0
         ring_e = np.empty((PREFETCH, 8), np.int64)
         ring_w = np.empty((PREFETCH, 11), np.float32)
         for j in range(min(PREFETCH, m)):
@@ -208,7 +205,6 @@ def grid_backward_params(x, grad_lmf, offsets, scales, resolutions, dense, n_fea
                     table[ring_e[slot, c] + f] += ring_w[slot, c] * g
             if i + PREFETCH < m:
                 _stage(ring_e, ring_w, slot, x, i + PREFETCH, scale, res, size, dn, table, n_features)
-    return grad
 
 
 @njit(inline="always")
@@ -221,15 +217,14 @@ def _dot(table, offset, grad_lmf, lvl, i, n_features):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def grid_backward_x(x, params, grad_lmf, offsets, scales, resolutions, dense, n_features):
-    """dL/dx [M, 3] from dL/dout level-major ``grad_lmf`` [L, M, F]: with ``s_c = sum_f dL/dout[i,
+def grid_backward_x(x, params, grad_lmf, offsets, scales, resolutions, dense, n_features, grad_x):
+    """Adds dL/dx to ``grad_x`` [M, 3] (zeros on entry), from dL/dout level-major ``grad_lmf`` [L, M, F]: with ``s_c = sum_f dL/dout[i,
     l F + f] V_c[f]`` at corner c, ``dL/dx = sum_l s_l sum_{edges along x} (s_right - s_left) w_y w_z``
     (likewise y, z), tcnn's difference form of the trilinear derivative. ``floor`` contributes
     nothing (its jump is ignored, as in tcnn)."""
     m = x.shape[0]
     n_levels = scales.shape[0]
     n_chunks = (m + CHUNK - 1) // CHUNK
-    grad_x = np.zeros((m, 3), np.float32)
     f1 = np.float32(1.0)
     for lvl in range(n_levels):
         scale, res, dn = scales[lvl], resolutions[lvl], dense[lvl]
@@ -261,4 +256,3 @@ def grid_backward_x(x, params, grad_lmf, offsets, scales, resolutions, dense, n_
                 grad_x[i, 2] += scale * dz
                 if i + PREFETCH < hi:
                     _stage(ring_e, ring_w, r, x, i + PREFETCH, scale, res, size, dn, table, n_features)
-    return grad_x

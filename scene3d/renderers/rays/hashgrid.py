@@ -255,8 +255,10 @@ class _NumbaHashGrid(torch.autograd.Function):
 
         xs = np.ascontiguousarray(x.detach().numpy(), np.float32)
         ps = params.detach().contiguous().numpy()
+        m, L, F = xs.shape[0], layout.levels, layout.features
+        out = np.empty((m, L * F), np.float32)
         with _LAUNCH:
-            out = K.grid_forward(xs, ps, *layout.arrays, layout.features)
+            K.grid_forward(xs, ps, *layout.arrays, F, np.empty((L, m, F), np.float32), out)
         ctx.save_for_backward(params)
         ctx.xs, ctx.layout = xs, layout
         return torch.from_numpy(out)
@@ -271,17 +273,22 @@ class _NumbaHashGrid(torch.autograd.Function):
         (params,) = ctx.saved_tensors
         layout: HashGridLayout = ctx.layout
         grad_x = grad_params = None
+        xs, L, F = ctx.xs, layout.levels, layout.features
         with _LAUNCH:
-            g = K.level_major(np.ascontiguousarray(grad_out.numpy(), np.float32), layout.levels, layout.features)
+            g = np.empty((L, xs.shape[0], F), np.float32)
+            K.level_major(np.ascontiguousarray(grad_out.numpy(), np.float32), g)
             if ctx.needs_input_grad[1]:
+                grad = np.empty(layout.n_params, np.float32)
                 previous = numba.set_parallel_chunksize(1)  # levels dynamically scheduled (see the kernel)
                 try:
-                    grad_params = torch.from_numpy(K.grid_backward_params(ctx.xs, g, *layout.arrays, layout.features, layout.level_order))
+                    K.grid_backward_params(xs, g, *layout.arrays, F, layout.level_order, grad)
                 finally:
                     numba.set_parallel_chunksize(previous)
+                grad_params = torch.from_numpy(grad)
             if ctx.needs_input_grad[0]:
-                ps = params.detach().contiguous().numpy()
-                grad_x = torch.from_numpy(K.grid_backward_x(ctx.xs, ps, g, *layout.arrays, layout.features))
+                grad = np.zeros((xs.shape[0], 3), np.float32)
+                K.grid_backward_x(xs, params.detach().contiguous().numpy(), g, *layout.arrays, F, grad)
+                grad_x = torch.from_numpy(grad)
         return grad_x, grad_params, None
 
 
