@@ -72,10 +72,10 @@ def reference(x: np.ndarray, params: np.ndarray, config: HashGridConfig, grad_ou
     out = np.zeros((m, L * F))
     d_params = np.zeros(params.shape[0])
     d_x = np.zeros((m, 3))
-    log2_b = np.float32(np.log2(np.float32(config.growth)))
+    log2_b = np.float32(math.log2(float(np.float32(config.growth))))  # correctly rounded log2f
     offset = 0
     for lvl in range(L):
-        s = np.float32(np.exp2(np.float32(lvl) * log2_b)) * np.float32(config.min_resolution) - np.float32(1.0)
+        s = np.float32(2.0 ** float(np.float32(lvl) * log2_b)) * np.float32(config.min_resolution) - np.float32(1.0)
         res = math.ceil(float(s)) + 1
         size = min(-(-(res**3) // 8) * 8, 2**config.log2_table_size)
         dense = res**3 <= 2**config.log2_table_size

@@ -176,13 +176,16 @@ class HashGridLayout:
 def hash_grid_layout(config: HashGridConfig) -> HashGridLayout:
     """The levels of ``config`` as tcnn's ``GridEncodingTemplated`` constructor lays them out:
     ``s_l = exp2f(l * log2f(b)) * N_min - 1`` in float32, ``R_l = ceil(s_l) + 1``,
-    ``T_l = min(next_multiple(R_l^3, 8), 2^T)``."""
+    ``T_l = min(next_multiple(R_l^3, 8), 2^T)``. ``log2f`` and ``exp2f`` are rounded correctly
+    (float64 rounded to float32), as glibc's are in tcnn's host code that sizes the levels
+    (numpy's float32 ``exp2`` is an ulp off for some levels); tcnn's device code uses fast-math
+    ``exp2f``, which may differ from this by an ulp or two for a non-integer ``l log2 b``."""
     f32 = np.float32
-    log2_b = f32(np.log2(f32(config.growth)))
+    log2_b = f32(math.log2(float(f32(config.growth))))
     table = 1 << config.log2_table_size
     scales, resolutions, sizes, offsets, dense = [], [], [], [0], []
     for lvl in range(config.levels):
-        s = f32(np.exp2(f32(lvl) * log2_b)) * f32(config.min_resolution) - f32(1.0)
+        s = f32(math.exp2(float(f32(lvl) * log2_b))) * f32(config.min_resolution) - f32(1.0)
         r = int(np.ceil(s)) + 1
         cube = r**3
         size = min(-(-cube // 8) * 8, table)
