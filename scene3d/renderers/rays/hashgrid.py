@@ -223,8 +223,19 @@ def grid_index(corners: Tensor, resolution: int, size: int, dense: bool) -> Tens
     return flat % size
 
 
-_CORNERS = torch.tensor([[c & 1, (c >> 1) & 1, (c >> 2) & 1] for c in range(8)])
-"""[8, 3] corner offsets; corner c has bit d of c set along axis d (tcnn's order)."""
+def _corner_entries(cell: Tensor, resolution: int, size: int, dense: bool) -> Tensor:
+    """[M, 8] entries of the corners of lattice cells ``cell`` [M, 3] (int64) in one level; corner
+    c = b_x + 2 b_y + 4 b_z is ``cell + b``. :func:`grid_index` of the 8 corners, computed per axis
+    (2 coordinates each) and combined by broadcasting: a quarter of the integer work."""
+    u = cell & MASK32
+    u = torch.stack([u, (u + 1) & MASK32], dim=-1)  # [M, 3, 2]: axis, bit (uint32 wrap as in tcnn)
+    if dense:
+        ax, ay, az = u[:, 0], _mul_u32(u[:, 1], resolution), _mul_u32(u[:, 2], resolution * resolution)
+        flat = (az[:, :, None, None] + ay[:, None, :, None] + ax[:, None, None, :]) & MASK32
+    else:
+        ax, ay, az = u[:, 0], _mul_u32(u[:, 1], PRIMES[1]), _mul_u32(u[:, 2], PRIMES[2])
+        flat = az[:, :, None, None] ^ ay[:, None, :, None] ^ ax[:, None, None, :]
+    return (flat % size).reshape(-1, 8)  # [M, b_z, b_y, b_x] -> corner b_x + 2 b_y + 4 b_z
 
 
 def hash_grid_torch(x: Tensor, params: Tensor, layout: HashGridLayout) -> Tensor:
@@ -232,18 +243,17 @@ def hash_grid_torch(x: Tensor, params: Tensor, layout: HashGridLayout) -> Tensor
     features of points ``x`` [M, 3] (float32, [0, 1]^3) from flat ``params`` [n_params] float32."""
     _check(x, params, layout)
     x = x.to(torch.float32)
+    m = x.shape[0]
     table = params.view(-1, layout.features)
-    bits = _CORNERS.to(x.device)
-    upper = bits.bool()
     out = []
     for lvl in range(layout.levels):
         pos = (x.double() * layout.scales[lvl] + 0.5).to(torch.float32)  # fmaf: one rounding
         g = torch.floor(pos)
         t = pos - g  # d t / d x = s_l; floor contributes no gradient
-        corners = g.long()[:, None, :] + bits  # [M, 8, 3]
-        entry = grid_index(corners, layout.resolutions[lvl], layout.sizes[lvl], layout.dense[lvl]) + layout.offsets[lvl]
-        w3 = torch.where(upper, t[:, None, :], 1.0 - t[:, None, :])  # [M, 8, 3]
-        w = w3[..., 0] * w3[..., 1] * w3[..., 2]  # [M, 8]
+        entry = _corner_entries(g.long(), layout.resolutions[lvl], layout.sizes[lvl], layout.dense[lvl]) + layout.offsets[lvl]
+        wa = torch.stack([1.0 - t, t], dim=-1)  # [M, 3, 2]: axis, bit
+        wxy = wa[:, 1, :, None] * wa[:, 0, None, :]  # [M, b_y, b_x]: w_x w_y
+        w = (wa[:, 2, :, None, None] * wxy[:, None]).reshape(m, 8)  # (w_x w_y) w_z, tcnn's order
         out.append((w[..., None] * table[entry]).sum(1))
     return torch.cat(out, dim=1)
 
