@@ -397,6 +397,8 @@ class HashGrid(nn.Module):
         m, L, F = x.shape[0], self.layout.levels, self.layout.features
         if level_weights is not None:
             assert level_weights.shape == (m, L), f"level_weights must be [{m}, {L}], got {tuple(level_weights.shape)}"
+        if x.device != self.params.device:
+            raise ValueError(f"points are on {x.device} but the grid is on {self.params.device}")
         choice = resolve_hash_backend(self.config.backend, x.device)
         if choice == "tcnn":
             out = self._forward_tcnn(x)
