@@ -46,7 +46,7 @@ def assert_close(a: torch.Tensor, b: torch.Tensor, what: str, tol: float = TOL) 
     assert err <= bound, f"{what} differs by {err:.3g} (tolerance {bound:.3g})"
 
 
-def sample_points(config: HashGridConfig, n_random: int, seed: int = 0) -> torch.Tensor:
+def sample_points(n_random: int, seed: int = 0) -> torch.Tensor:
     """Random points in [0, 1]^3 plus hard ones: corners of the cube, the centre, x = 0.25 / 0.75
     (lattice faces of the levels whose scale is even), 0.5 (faces of odd scales), and
     x = 0.021739128977060318 (float32), where scale 23 (SMALL's level 3) gives 23 x + 0.5 =
@@ -115,7 +115,7 @@ def run_backend(fn, x: torch.Tensor, params: torch.Tensor, layout, grad_out: tor
 def random_problem(config: HashGridConfig, n_random: int, seed: int = 0):
     layout = hash_grid_layout(config)
     g = torch.Generator().manual_seed(seed)
-    x = sample_points(config, n_random, seed)
+    x = sample_points(n_random, seed)
     params = torch.rand(layout.n_params, generator=g) * 2 - 1  # O(1) features: errors are not hidden by 1e-4 values
     grad_out = torch.randn(x.shape[0], layout.levels * layout.features, generator=g)
     return layout, x, params, grad_out
@@ -286,7 +286,7 @@ def test_tcnn_matches_torch_twin():
         with torch.no_grad():
             tc.params.uniform_(-1, 1)
         tw.load_state_dict(tc.state_dict())
-        x = sample_points(config, 4000).cuda()
+        x = sample_points(4000).cuda()
         grad_out = torch.randn(x.shape[0], tc.output_dim, device="cuda")
         results = []
         for grid in (tc, tw):
