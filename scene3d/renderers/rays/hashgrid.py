@@ -167,11 +167,6 @@ class HashGridLayout:
             np.asarray(self.dense, np.bool_),
         )
 
-    @functools.cached_property
-    def level_order(self) -> np.ndarray:
-        """Levels by decreasing table size (the backward kernel's schedule: big, cache-missing levels first)."""
-        return np.asarray(sorted(range(self.levels), key=lambda lvl: (-self.sizes[lvl], lvl)), np.int64)
-
 
 def hash_grid_layout(config: HashGridConfig) -> HashGridLayout:
     """The levels of ``config`` as tcnn's ``GridEncodingTemplated`` constructor lays them out:
@@ -279,8 +274,6 @@ class _NumbaHashGrid(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
-        import numba
-
         from scene3d.renderers.rays import _numba_hash as K
 
         (params,) = ctx.saved_tensors
@@ -292,11 +285,7 @@ class _NumbaHashGrid(torch.autograd.Function):
             K.level_major(np.ascontiguousarray(grad_out.numpy(), np.float32), g)
             if ctx.needs_input_grad[1]:
                 grad = np.empty(layout.n_params, np.float32)
-                previous = numba.set_parallel_chunksize(1)  # levels dynamically scheduled (see the kernel)
-                try:
-                    K.grid_backward_params(xs, g, *layout.arrays, F, layout.level_order, grad)
-                finally:
-                    numba.set_parallel_chunksize(previous)
+                K.grid_backward_params(xs, g, *layout.arrays, F, grad)
                 grad_params = torch.from_numpy(grad)
             if ctx.needs_input_grad[0]:
                 grad = np.zeros((xs.shape[0], 3), np.float32)
