@@ -267,8 +267,8 @@ class _NumbaHashGrid(torch.autograd.Function):
         out = np.empty((m, L * F), np.float32)
         with _LAUNCH:
             K.grid_forward(xs, ps, *layout.arrays, F, np.empty((L, m, F), np.float32), out)
-        ctx.save_for_backward(params)
-        ctx.xs, ctx.layout = xs, layout
+        ctx.save_for_backward(x, params)  # autograd then refuses a backward after either changed in place
+        ctx.layout = layout
         return torch.from_numpy(out)
 
     @staticmethod
@@ -276,10 +276,10 @@ class _NumbaHashGrid(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         from scene3d.renderers.rays import _numba_hash as K
 
-        (params,) = ctx.saved_tensors
+        x, params = ctx.saved_tensors
         layout: HashGridLayout = ctx.layout
         grad_x = grad_params = None
-        xs, L, F = ctx.xs, layout.levels, layout.features
+        xs, L, F = np.ascontiguousarray(x.detach().numpy(), np.float32), layout.levels, layout.features
         with _LAUNCH:
             g = np.empty((L, xs.shape[0], F), np.float32)
             K.level_major(np.ascontiguousarray(grad_out.numpy(), np.float32), g)
