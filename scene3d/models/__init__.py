@@ -18,6 +18,7 @@ from scene3d.errors import Scene3dError
 _BUILTIN: dict[str, str] = {
     "3dgs": "scene3d.models.gaussians:GaussianModel",
     "slimmerf": "scene3d.models.slimmerf:SlimmeRFModel",
+    "zipnerf": "scene3d.models.zipnerf:ZipNeRFModel",
 }
 DEFAULT_MODEL = "3dgs"
 """What ``scene3d train`` trains without ``--model``, and what the demo and ``bench densify`` use."""
