@@ -77,3 +77,27 @@ def test_the_proposal_rounds_and_losses_shape():
     w = composite(tdist, torch.tensor([[0.5, 1.0, 2.0]]))  # against 1 - exp(-x) and products of survivals
     expected = torch.tensor([[1 - math.exp(-0.5), math.exp(-0.5) * (1 - math.exp(-1)), math.exp(-1.5) * (1 - math.exp(-2))]])
     torch.testing.assert_close(w, expected)
+
+
+def test_box_mode_is_empty_outside_its_box_and_survives_a_checkpoint():
+    from scene3d.models.zipnerf import ZipNeRFConfig, ZipNeRFModel
+    from scene3d.renderers.rays import Rays
+
+    cfg = ZipNeRFConfig(log2_table_size=12, nerf_max_resolution=64, proposal_max_resolutions=(32, 32), proposal_samples=(8, 8), nerf_samples=4,
+                        bottleneck_width=16, view_width=16, view_depth=2, view_skip=1, bounds="box")  # fmt: skip
+    torch.manual_seed(0)
+    model = ZipNeRFModel(cfg, torch.tensor([-0.5, -0.5, -0.5, 0.5, 0.5, 0.5]))
+    origins = torch.tensor([[0.0, 0.0, -2.0], [0.0, 2.0, -2.0]])  # through the box; past it
+    rays = Rays(origins, torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]]), torch.full((2,), 1e-3))
+    with torch.no_grad():
+        out = model.render_rays(rays, background=torch.ones(3))
+    assert out.alpha[1].item() == 0.0 and out.alpha[0].item() > 0.05  # the miss sees only background
+    torch.testing.assert_close(out.rgb[1], torch.ones(3))
+    assert float(out.tdist[0].min()) >= 1.5 - 1e-5 and float(out.tdist[0].max()) <= 2.5 + 1e-5  # inside the box only
+    assert model.hash_decay == cfg.box_hash_decay
+    again = ZipNeRFModel.from_state(model.state(), cfg)
+    torch.testing.assert_close(again.box, model.box)
+    bad = model.state()
+    bad["box"] = torch.zeros(5)
+    with pytest.raises(ValueError, match="6 numbers"):
+        ZipNeRFModel.from_state(bad, cfg)
