@@ -22,7 +22,7 @@ def zip_run(tmp_path_factory) -> Path:
     scene = write_synthetic_scene(root / "scene", n_views=16, width=40, height=30, points=False)
     out = root / "run"
     assert main(["train", str(scene), "-o", str(out), "--model", "zipnerf", "--preset", "cpu", "--max-steps", "200",
-                 "--model.batch-rays", "256", "--log-every", "20"]) == 0  # fmt: skip
+                 "--model.batch-rays", "256", "--log-every", "20", "--background-mode", "auto"]) == 0  # fmt: skip
     return out
 
 
