@@ -93,6 +93,12 @@ def test_box_mode_is_empty_outside_its_box_and_survives_a_checkpoint():
         out = model.render_rays(rays, background=torch.ones(3))
     assert out.alpha[1].item() == 0.0 and out.alpha[0].item() > 0.05  # the miss sees only background
     torch.testing.assert_close(out.rgb[1], torch.ones(3))
+    with torch.no_grad():  # culled rendering: the miss leaves at once, the hit renders as without culling
+        culled = model.render_rays(rays, background=torch.ones(3), cull=1e-3)
+        alone = model.render_rays(rays[1:], background=torch.ones(3), cull=1e-3)  # nothing left to render
+    torch.testing.assert_close(culled.rgb, out.rgb)
+    torch.testing.assert_close(alone.rgb, torch.ones(1, 3))
+    assert alone.alpha.item() == 0.0 and alone.num_samples == 0
     assert float(out.tdist[0].min()) >= 1.5 - 1e-5 and float(out.tdist[0].max()) <= 2.5 + 1e-5  # inside the box only
     assert model.hash_decay == cfg.box_hash_decay
     again = ZipNeRFModel.from_state(model.state(), cfg)

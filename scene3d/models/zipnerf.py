@@ -228,7 +228,7 @@ class _Field(nn.Module):
         scale_feat = (2.0 * weight - 1.0) * torch.sqrt(1e-10 + self.grid.level_square_means())[None, :]
         feats = feats.view(n, s, k, levels, self.grid.features_per_level).mean(dim=2)  # averaged before joining: a 6x smaller cat
         scale_feat = scale_feat.view(n, s, k, levels, 1).mean(dim=2)
-        return PRECONDITION * torch.cat([feats, scale_feat], dim=-1).view(n, s, -1), inside
+        return PRECONDITION * torch.cat([feats, scale_feat], dim=-1).view(n, s, levels * (self.grid.features_per_level + 1)), inside
 
     def forward(self, points: Tensor, scales: Tensor, dirs: Tensor | None = None, box: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """(density [N, S] per unit distance, rgb [N, S, 3] or None) of the intervals; with a
@@ -352,8 +352,8 @@ class ZipNeRFModel(Representation):
                     cull: float = 0.0) -> ZipOutput:  # fmt: skip
         """Renders N rays (unit directions with cone radii) through the three rounds.
 
-        ``cull > 0`` (rendering only): a ray whose proposal histogram holds less than ``cull`` in
-        all leaves the later rounds and shows the background (the interlevel loss makes each
+        ``cull > 0`` (rendering only): a ray that misses the box, or whose proposal histogram
+        holds less than ``cull`` in all, leaves the rounds and shows the background (the interlevel loss makes each
         proposal histogram bound the NeRF's, so its NeRF weights would sum to less than that);
         ``sdist``, ``tdist`` and ``weights`` of the output then hold the remaining rays only."""
         from scene3d.renderers.rays.multisample import hexify
@@ -378,12 +378,15 @@ class ZipNeRFModel(Representation):
         proposals, samples = [], 0
         rounds = list(zip(self.proposals, c.proposal_samples)) + [(self.nerf, c.nerf_samples)]
         for i, (fld, count) in enumerate(rounds):
-            if cull > 0 and i > 0:
-                keep = weights.sum(dim=1) >= cull
-                if not bool(keep.all()):
+            if cull > 0:  # misses of the box, then rays whose last proposal is (nearly) empty
+                keep = (weights.sum(dim=1) >= cull) if i > 0 else hit if self.box is not None else None
+                if keep is not None and not bool(keep.all()):
                     idx = keep.nonzero()[:, 0]
                     live = idx if live is None else live[idx]
                     origins, dirs, radii, near, far, sdist, weights = (v[idx] for v in (origins, dirs, radii, near, far, sdist, weights))
+                    if len(idx) == 0:  # nothing left to render: every ray shows the background
+                        tdist, rgb = sdist, torch.zeros(0, 1, 3, device=dev)
+                        break
             sdist = resample_intervals(sdist, weights, count, anneal=anneal if i > 0 else 1.0, stratified=stratified, generator=generator)
             tdist = construct_ray_warps(near, far, spacing).s_to_t(sdist)
             points, scales = hexify(origins, dirs, radii, tdist, stratified=stratified, generator=generator)
@@ -439,24 +442,12 @@ class ZipNeRFModel(Representation):
         from scene3d.renderers.rays.render import RayRenderOutput
 
         rays, h, w = camera_rays(cameras)
-        n = len(rays)
-        rgb = torch.zeros(n, 3, device=rays.origins.device)
-        if background is not None:
-            rgb[:] = background.to(rgb)
-        alpha, depth = torch.zeros(n, 1, device=rgb.device), torch.zeros(n, 1, device=rgb.device)
-        todo = torch.arange(n, device=rgb.device)
-        if self.box is not None:  # rays that miss the box see the background
-            from scene3d.renderers.rays.aabb import ray_aabb
-
-            todo = todo[ray_aabb(rays.origins, rays.dirs, self.box, check=False)[2]]
-        step, samples = max(1, int(self.cfg.render_chunk)), 0
-        for i in range(0, len(todo), step):
-            idx = todo[i : i + step]
-            out = self.render_rays(rays[idx], background=background, cull=self.cfg.render_cull)
-            rgb[idx], alpha[idx], depth[idx] = out.rgb, out.alpha, out.depth
-            samples += out.num_samples
-        rgb, alpha, depth = rgb.reshape(1, h, w, 3), alpha.reshape(1, h, w, 1), depth.reshape(1, h, w, 1)
-        return RayRenderOutput(rgb, alpha, depth, samples)
+        step = max(1, int(self.cfg.render_chunk))
+        outs = [self.render_rays(rays[i : i + step], background=background, cull=self.cfg.render_cull) for i in range(0, len(rays), step)]
+        rgb = torch.cat([o.rgb for o in outs]).reshape(1, h, w, 3)
+        alpha = torch.cat([o.alpha for o in outs]).reshape(1, h, w, 1)
+        depth = torch.cat([o.depth for o in outs]).reshape(1, h, w, 1)
+        return RayRenderOutput(rgb, alpha, depth, sum(o.num_samples for o in outs))
 
     # ------------------------------------------------------------------ reporting
     def stats(self) -> dict:
