@@ -150,14 +150,17 @@ def export(
     sog_position_bits: int = 16,
     sog_weighted: bool = True,
     prune_below: float | None = None,
+    num_points: int = 1_000_000,
+    min_alpha: float = 0.5,
     device: str = "auto",
 ) -> None:
     """Writes a trained run (in the input data's coordinate frame) or converts a scene file to a
-    format other tools open: ply, splat, compressed-ply, spz, sog (default: from OUTPUT's name).
+    format other tools open: ply, splat, compressed-ply, spz, sog (default: from OUTPUT's name), or
+    any run's geometry as a coloured point cloud (--format points).
 
     Args:
         target: a run folder or a scene file.
-        output: the file to write (.ply, .splat, .compressed.ply, .spz, .sog, or .slimmerf for a slimmable run).
+        output: the file to write (.ply, .splat, .compressed.ply, .spz, .sog, .slimmerf for a slimmable run, or any name with --format points).
         format: the format (default: the one OUTPUT's name says); slimmerf writes a slimmable run (truncated with --rank) as a file that loads on its own.
         rank: for model files (slimmerf): keep the first RANK components (default: all).
         sog_sh_iterations: k-means iterations for sog's higher-SH palette.
@@ -166,6 +169,8 @@ def export(
         sog_position_bits: precision of sog's 16-bit positions, 8..16 (13: a smaller file, on fox at no measurable PSNR cost).
         sog_weighted: for a run: cluster sog's higher SH weighted by each Gaussian's contribution to the training views.
         prune_below: for a run: drop the Gaussians that contribute fewer pixels than this to all training views together (e.g. 1).
+        num_points: for points: at most this many points (a NeRF is sampled with about twice as many rays over its training views).
+        min_alpha: for points: keep pixels (NeRFs) or Gaussians at least this opaque.
         device: where a run's model is loaded and weighed (auto, cpu or cuda).
     """
     from scene3d.commands.export import export_command
@@ -173,6 +178,8 @@ def export(
 
     fmt = get_format(format) if format is not None else format_of_path(output)
     options = {"sh_iterations": sog_sh_iterations, "sh_palette": sog_sh_palette, "layout": sog_layout, "position_bits": sog_position_bits} if fmt.name == "sog" else {}
+    if fmt.kind == "points":
+        options = {"num_points": num_points, "min_alpha": min_alpha}
     export_command(target, output, fmt.name, prune_below=prune_below, weighted=sog_weighted, rank=rank, device=device, **options)
 
 

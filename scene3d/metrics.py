@@ -43,8 +43,9 @@ def ssim_map(img: Tensor, ref: Tensor, padding: bool = True) -> Tensor:
 
 
 def ssim(img: Tensor, ref: Tensor) -> Tensor:
-    """Mean SSIM over the valid region (evaluation convention), images [B, H, W, C] -> scalar."""
-    return ssim_map(img.clamp(0, 1), ref, padding=False).mean()
+    """Mean SSIM over the valid region (evaluation convention), images [B, H, W, C] -> scalar;
+    images smaller than the 11-pixel window (1/8 scales of small multiscale images) are zero-padded."""
+    return ssim_map(img.clamp(0, 1), ref, padding=min(img.shape[1], img.shape[2]) < 11).mean()
 
 
 def psnr(img: Tensor, ref: Tensor) -> Tensor:
@@ -62,3 +63,12 @@ def photometric_loss(img: Tensor, ref: Tensor, ssim_lambda: float = 0.2, mask: T
         m = mask[..., None].to(per_pixel)
         return (per_pixel * m).sum() / (m.sum() * per_pixel.shape[-1]).clamp_min(1)
     return per_pixel.mean()
+
+
+def weighted_mean(values: Tensor, weights: Tensor | None) -> Tensor:
+    """The mean of ``values`` [N, ...]; with ``weights`` [N] (one per row, e.g. multiscale pixels'
+    areas), ``sum(w row_mean) / sum(w)``."""
+    if weights is None:
+        return values.mean()
+    rows = values.reshape(len(values), -1).mean(dim=1)
+    return (rows * weights).sum() / weights.sum().clamp_min(1e-12)

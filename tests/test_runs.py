@@ -341,6 +341,13 @@ def test_training_data_batches_are_the_datasets_pixels():
     assert torch.equal(a.background, b.background) and not torch.equal(a.background, rnd.image_batch(5).background)
     i = a.camera_indices[0]
     torch.testing.assert_close(a.target[0], _composite(ds.images[i], a.background.tolist()), atol=1e-6, rtol=0)
+    # opaque images look the same on any colour: random mode keeps them on auto's background
+    opaque = _RGBAScene(ds.cameras, [img[..., :3].copy() for img in ds.images], format="colmap")
+    rnd = TrainingData(opaque, torch.device("cpu"), "random", seed=3, progress=False)
+    assert rnd.image_batch(4).background is None and rnd.ray_batch(4, 10, step_generator(3, 4)).background is None
+    opaque.format = "blender"  # a Blender scene without alpha: its own colour, every step
+    rnd = TrainingData(opaque, torch.device("cpu"), "random", seed=3, progress=False)
+    assert rnd.image_batch(4).background.tolist() == rnd.image_batch(5).background.tolist() == pytest.approx(list(opaque.background))
 
 
 def test_engine_streams_differ_by_rank_and_rank_0_is_the_single_device_stream():

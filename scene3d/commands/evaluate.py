@@ -57,4 +57,7 @@ def _report(result: dict, json_out: bool, what: str, tail: str) -> dict:
         print(json.dumps(result))
     else:
         Console().print(f"{what}, {result['num_images']} images: PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f}, {tail}")
+        if "psnr_per_scale" in result:
+            scales = ", ".join(f"1/{f}: {v:.2f} dB" for f, v in result["psnr_per_scale"].items())
+            Console().print(f"PSNR per scale (their mean above): {scales}")
     return result

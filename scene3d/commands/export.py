@@ -27,7 +27,7 @@ def run_gaussians(run, model):
     """The Gaussians of a run's model (refusing representations that cannot be baked)."""
     gaussians = model.to_gaussians()
     if gaussians is None:
-        raise Scene3dError(f"{run.path}: is a {run.spec.model} run, which cannot be baked to Gaussians; scene files (ply, spz, sog, ...) hold Gaussians")
+        raise Scene3dError(f"{run.path}: is a {run.spec.model} run, which cannot be baked to Gaussians; scene files (ply, spz, sog, ...) hold Gaussians (--format points writes its geometry as a point cloud)")
     return gaussians
 
 
@@ -81,6 +81,8 @@ def export_command(target, output: Path, format: str | None = None, *, prune_bel
         return export_model_file(target, output, fmt, rank, device)
     if rank is not None:
         raise Scene3dError(f"--rank truncates slimmable runs written as model files (--format {' / '.join(f.name for f in formats('model'))}), not {fmt.name} files")
+    if fmt.kind == "points":
+        return export_point_cloud(target, output, device, **options)
     if fmt.name == "sog":
         check_sog_options(options)
     if prune_below is not None and not target.is_dir():
@@ -116,6 +118,23 @@ def check_exportable(source: Path, params: dict, output: Path) -> None:
         check_finite(model_arrays(params), "in the model", str(output))
     except ValueError as e:
         raise DataError(source, f"cannot be exported: {e}") from None
+
+
+def export_point_cloud(run_path: Path, output: Path, device: str = "auto", num_points: int = 1_000_000, min_alpha: float = 0.5) -> Path:
+    """A run's geometry written as a coloured point cloud (:mod:`scene3d.export.points`)."""
+    from rich.console import Console
+
+    from scene3d.device import pick_device
+    from scene3d.export.points import export_points
+    from scene3d.runs import open_run
+
+    if not run_path.is_dir():
+        raise Scene3dError(f"{run_path}: --format points writes a trained run's geometry; give its run folder")
+    run = open_run(run_path)
+    model = run.load_model(pick_device(device))
+    n = export_points(run, model, output, num_points=num_points, min_alpha=min_alpha)
+    Console().print(f"wrote {n:,} points to {output} ({output.stat().st_size / 1e6:.2f} MB, input coordinate frame)")
+    return output
 
 
 def export_model_file(run_path: Path, output: Path, fmt, rank: int | None, device: str = "cpu") -> Path:

@@ -24,8 +24,8 @@ def detect_format(root: Path) -> str:
         raise DataError(root, "does not exist")
     if not root.is_dir():
         raise DataError(root, "is not a folder (point scene3d at the scene folder)")
-    if (root / "transforms_train.json").is_file():
-        return "blender"
+    if (root / "transforms_train.json").is_file() or (root / "metadata.json").is_file():
+        return "blender"  # the synthetic scenes, or their multiscale version (mip-NeRF's metadata.json)
     if (root / "transforms.json").is_file():
         return "nerfstudio"
     if (root / "poses_bounds.npy").is_file():

@@ -11,6 +11,10 @@ class DataConfig:
 
     downscale: int = 1
     """Load images at 1/N resolution (cached on disk after the first use)."""
+    multiscale: bool = False
+    """Also train and test on every image at 1/2, 1/4 and 1/8 of the loaded size (mip-NeRF's
+    multiscale convention: intrinsics divided, images area-averaged; ray models weigh each pixel by
+    its area in the full image; eval reports PSNR per scale and their mean)."""
     test_every: int = 8
     """Without explicit split lists, every N-th image (0, N, 2N, ...) is a test image."""
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)

@@ -71,6 +71,8 @@ class SceneDataset:
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     warnings: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    scale_factors: list[int] | None = None
+    """Multiscale datasets: each image's size divisor relative to the loaded resolution (1, 2, 4, 8); None: all 1."""
 
     def __len__(self) -> int:
         return len(self.cameras)
@@ -95,6 +97,10 @@ class SceneDataset:
         if mode in ("auto", "random") and self.format == "blender":
             return tuple(float(c) for c in self.background)
         return None
+
+    def scale_factor(self, i: int) -> int:
+        """Image ``i``'s size divisor relative to the loaded resolution (1 unless multiscale)."""
+        return 1 if self.scale_factors is None else int(self.scale_factors[i])
 
     def split_indices(self, split: Literal["train", "test", "all"]) -> list[int]:
         return {"train": self.train_indices, "test": self.test_indices, "all": list(range(len(self)))}[split]
@@ -286,7 +292,7 @@ def finalize(raw: RawScene, cfg: DataConfig) -> SceneDataset:
         a = float(raw.meta["aabb_scale"])
         aabb = np.array([[-a, -a, -a], [a, a, a]], np.float32)
 
-    return SceneDataset(
+    ds = SceneDataset(
         format=raw.format,
         root=raw.root,
         cameras=cams,
@@ -306,6 +312,43 @@ def finalize(raw: RawScene, cfg: DataConfig) -> SceneDataset:
         warnings=list(raw.warnings),
         meta=dict(raw.meta),
     )
+    if raw.meta.get("scale_factors") is not None:  # a scene that ships its scales (multiscale Blender)
+        ds.scale_factors = [int(f) for f in raw.meta["scale_factors"]]
+        return ds
+    return multiscale(ds) if getattr(cfg, "multiscale", False) else ds
+
+
+MULTISCALE_FACTORS = (1, 2, 4, 8)
+
+
+def multiscale(ds: SceneDataset, factors: tuple[int, ...] = MULTISCALE_FACTORS) -> SceneDataset:
+    """``ds`` with every image also at 1/f of its size for each of ``factors`` (powers of two;
+    mip-NeRF's multiscale convention): the cameras' intrinsics divided by f (sizes rounded, at least 1 px),
+    the pixels area-averaged from the same file when read, names ending ``_dK`` for f = 2^K (as
+mip-NeRF's multiscale Blender files). Both
+    splits take every scale of their images; ``scale_factors`` records each image's f."""
+    if ds.scale_factors is not None:
+        return ds
+    n = len(ds)
+    cams = Cameras.cat([ds.cameras if f == 1 else ds.cameras.downscaled(f) for f in factors])
+
+    def rep(items):
+        return None if items is None else [items[i] for _ in factors for i in range(n)]
+
+    def named(name: str, f: int) -> str:
+        p = Path(name)
+        return name if f == 1 else str(p.with_name(f"{p.stem}_d{f.bit_length() - 1}{p.suffix}"))  # mip-NeRF's names: _d1 is 1/2
+
+    return SceneDataset(
+        format=ds.format, root=ds.root, cameras=cams, image_paths=rep(ds.image_paths), source_paths=rep(ds.source_paths),
+        names=[named(ds.names[i], f) for f in factors for i in range(n)],
+        train_indices=[k * n + i for k in range(len(factors)) for i in ds.train_indices],
+        test_indices=[k * n + i for k in range(len(factors)) for i in ds.test_indices],
+        transform=ds.transform, downscale=ds.downscale, points=ds.points, point_colors=ds.point_colors,
+        mask_paths=rep(ds.mask_paths), aabb=ds.aabb, near_far=None if ds.near_far is None else np.concatenate([ds.near_far] * len(factors)),
+        background=ds.background, warnings=ds.warnings, meta={**ds.meta, "multiscale": list(factors)},
+        scale_factors=[f for f in factors for _ in range(n)],
+    )  # fmt: skip
 
 
 def _downscale(raw: RawScene, factor: int) -> tuple[Cameras, list[Path]]:

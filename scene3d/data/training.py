@@ -47,6 +47,9 @@ class Batch:
     """This step's random stream, for the draws the forward pass makes (stratified sampling)."""
     absgrad: bool = False
     """Set by the trainer when the densification strategy reads absolute 2D-mean gradients."""
+    weights: Tensor | None = None
+    """Ray batches of multiscale datasets: [N] each pixel's loss weight (its area in the full image,
+    f^2 for an image at 1/f); photometric losses are then ``sum(w l) / sum(w)``. None: all equal."""
 
 
 def epoch_order(train_indices: list[int], seed: int, epoch: int) -> list[int]:
@@ -81,7 +84,7 @@ class TrainingData:
         self._train_indices = torch.tensor(self.train_indices, dtype=torch.int64)  # on the host, for sample_pixels
         self.cameras = dataset.cameras.to(self.device)  # every camera; indexed by dataset index
         self._camera: dict[int, Cameras] = {}
-        fixed = dataset.background_for(background_mode) if background_mode != "random" else None
+        fixed = dataset.background_for(background_mode)  # random mode: auto's, for images without alpha
         self.fixed_background = None if fixed is None else torch.tensor(fixed, dtype=torch.float32, device=self.device)
         self._dataset_background = torch.tensor(dataset.background, dtype=torch.float32, device=self.device)  # what RGBA images default to
         images = {}
@@ -105,6 +108,8 @@ class TrainingData:
         self.pixels = torch.cat(parts).to(self.device)  # [P, channels] uint8
         self.offsets, self.widths = offsets.to(self.device), widths.to(self.device)
         self._masks: dict[int, Tensor | None] = {}
+        factors = getattr(dataset, "scale_factors", None)  # multiscale: pool sampling, pixels weighed by area
+        self._factors = None if factors is None else torch.tensor(factors, dtype=torch.float32, device=self.device)
         self._order: tuple[int, list[int]] = (-1, [])  # the current epoch's image order
 
     # ------------------------------------------------------------------ pieces
@@ -132,8 +137,11 @@ class TrainingData:
         return self._masks[i]
 
     def background(self, step: int) -> Tensor | None:
-        """[3] this step's background: a seeded random colour in ``random`` mode, else the fixed one."""
-        if self.background_mode == "random":
+        """[3] this step's background: a seeded random colour in ``random`` mode where the images have
+        alpha, else the fixed one. Opaque images look the same on any colour, and a random one behind
+        them only punishes a model for being transparent where evaluation (on black) would not, so
+        ``random`` leaves datasets without alpha on their fixed background."""
+        if self.background_mode == "random" and self.channels == 4:
             return to_device_async(torch.rand(3, generator=step_generator(self.seed, step, self.stream)), self.device)
         return self.fixed_background
 
@@ -149,10 +157,11 @@ class TrainingData:
 
     def ray_batch(self, step: int, n: int, generator: torch.Generator) -> Batch:
         """``n`` rays through random pixels of random training images (drawn from ``generator``)."""
-        cam, x, y = sample_pixels(self.ds.cameras, self._train_indices, n, generator)
+        cam, x, y = sample_pixels(self.ds.cameras, self._train_indices, n, generator, by_pixel=self._factors is not None)
         cam, x, y = to_device_async(torch.stack([cam, x, y]), self.device)  # drawn on the host: one copy, queued
         rays = pixel_rays(self.cameras, cam, x, y)
         bg = self.background(step)
         idx = self.offsets[cam] + y * self.widths[cam] + x
         target = self._composite(self.pixels[idx].float().div(255.0), bg)
-        return Batch(target=target, background=bg, rays=rays, ray_cameras=cam, generator=generator)
+        weights = None if self._factors is None else self._factors[cam].square()
+        return Batch(target=target, background=bg, rays=rays, ray_cameras=cam, generator=generator, weights=weights)

@@ -255,6 +255,8 @@ def _check_ply_header(path: Path) -> None:
 # ---------------------------------------------------------------------- Blender synthetic
 def read_blender(root: Path, allow_outside: bool = False) -> RawScene:
     splits = {s: root / f"transforms_{s}.json" for s in ("train", "val", "test")}
+    if not splits["train"].is_file() and (root / "metadata.json").is_file():
+        return read_blender_multiscale(root, allow_outside)
     if not splits["train"].is_file():
         raise DataError(splits["train"], "not found (a Blender synthetic scene needs transforms_train.json)")
     all_cams, paths, names, index = [], [], [], {}
@@ -286,3 +288,69 @@ def read_blender(root: Path, allow_outside: bool = False) -> RawScene:
         aabb=np.array([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]]),
         meta={"test_split_from": test_split if test_split in index else None, "split_sizes": {k: len(v) for k, v in index.items()}},
     )
+
+
+_MULTISCALE_LISTS = ("file_path", "cam2world", "width", "height", "focal")
+
+
+def read_blender_multiscale(root: Path, allow_outside: bool = False) -> RawScene:
+    """mip-NeRF's multiscale Blender layout: ``metadata.json`` maps each split (train, val, test) to
+    parallel lists ``file_path``, ``cam2world`` (OpenGL camera-to-world, 3x4 or 4x4), ``width``,
+    ``height``, ``focal`` and ``lossmult`` (the squared downscale of each image, 1, 4, 16, 64; or
+    ``label``, its power of two). Each image is a camera of its own; the scale factors are kept
+    (``SceneDataset.scale_factors``), so evaluation reports PSNR per scale."""
+    path = root / "metadata.json"
+    meta = _load_json(path)
+    if not isinstance(meta, dict) or not isinstance(meta.get("train"), dict):
+        raise DataError(path, "has no 'train' split (a multiscale Blender scene maps train, val and test to lists of images)")
+    all_cams, paths, names, factors, index = [], [], [], [], {}
+    for split in ("train", "val", "test"):
+        entry = meta.get(split)
+        if entry is None:
+            continue
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), list) for k in _MULTISCALE_LISTS):
+            raise DataError(path, f"split {split!r} must hold the lists {', '.join(_MULTISCALE_LISTS)}")
+        n = len(entry["file_path"])
+        if n == 0 or any(len(entry[k]) != n for k in _MULTISCALE_LISTS):
+            raise DataError(path, f"split {split!r} must hold lists of one equal, non-zero length ({', '.join(_MULTISCALE_LISTS)})")
+        scale = entry.get("lossmult", entry.get("label"))
+        if scale is not None and (not isinstance(scale, list) or len(scale) != n):
+            raise DataError(path, f"split {split!r} has a lossmult (or label) list whose length is not {n}")
+        frames = []
+        for i in range(n):
+            where = f"{split} image {i}"
+            frames.append({"file_path": entry["file_path"][i], "transform_matrix": entry["cam2world"][i], "fl_x": entry["focal"][i],
+                           "fl_y": entry["focal"][i], "w": entry["width"][i], "h": entry["height"][i], "camera_model": "PINHOLE"})  # fmt: skip
+            if scale is None:
+                factors.append(1)
+            else:
+                factors.append(_scale_factor(path, where, scale[i], squared="lossmult" in entry))
+        cams, ps, ns, _, skipped = _frames_to_cameras(path, {}, frames, root, allow_outside)
+        if skipped:
+            raise DataError(path, f"split {split!r} lists {skipped} images whose file is missing")
+        index[split] = list(range(len(paths), len(paths) + len(ps)))
+        all_cams.append(cams)
+        paths += ps
+        names += [str(n) for n in ns]
+    test_split = "test" if "test" in index else "val"
+    return RawScene(
+        format="blender",
+        root=root,
+        cameras=Cameras.cat(all_cams),
+        image_paths=paths,
+        names=names,
+        split={"train": index["train"], "test": index.get(test_split, [])},
+        aabb=np.array([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]]),
+        meta={"test_split_from": test_split if test_split in index else None, "split_sizes": {k: len(v) for k, v in index.items()},
+              "scale_factors": factors, "multiscale_layout": True},  # fmt: skip
+    )
+
+
+def _scale_factor(path: Path, where: str, value, squared: bool) -> int:
+    """An image's downscale (1, 2, 4, ...) from its ``lossmult`` (``squared``: f^2) or ``label`` (log2 f)."""
+    v = validate.real(path, where, "lossmult" if squared else "label", value)
+    f = math.sqrt(v) if squared else 2.0**v if 0 <= v <= 16 else -1.0
+    k = round(math.log2(f)) if f >= 1 else -1
+    if not 0 <= k <= 16 or abs(f - 2**k) > 1e-3 * f:
+        raise DataError(path, f"{where} has {'lossmult' if squared else 'label'} {value}, but it must give a downscale of a power of two")
+    return 2**k

@@ -9,7 +9,9 @@ params, transform=None, **options) -> Path`` and a reader ``read(path, transform
 ``transform`` the [4, 4] similarity applied before writing or after reading (the normalised ->
 input frame map of an export). *Model files* (``kind="model"``) hold a representation's own state
 (:mod:`scene3d.export.model_file`); ``needs`` names the capability a model must declare to be
-written as one. A format's module is imported only when it is used.
+written as one. *Point clouds* (``kind="points"``) hold any run's geometry as coloured points
+(:mod:`scene3d.export.points`; written with ``--format points``, since their ``.ply`` is not a scene
+of Gaussians). A format's module is imported only when it is used.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class SceneFormat:
     writer: str
     reader: str
     description: str
-    kind: Literal["gaussians", "model"] = "gaussians"
+    kind: Literal["gaussians", "model", "points"] = "gaussians"
     needs: str | None = None  # the Caps field a representation needs to be written in this format
 
     @property
@@ -69,13 +71,16 @@ FORMATS: dict[str, SceneFormat] = {
         # SlimmeRF's slimmed models (the format carries the method's name): a run truncated to a rank
         SceneFormat("slimmerf", (".slimmerf",), "scene3d.export.model_file", "write_model_file", "read_model_file",
                     "a slimmable run truncated to a rank (--rank), loadable on its own", kind="model", needs="slimmable"),
+        # any run's geometry as coloured points (NeRFs sampled where the training views see them)
+        SceneFormat("points", (".points.ply",), "scene3d.export.points", "write_point_ply", "read_point_ply",
+                    "a point cloud (PLY of x, y, z, red, green, blue) of any run, for MeshLab, CloudCompare, Open3D", kind="points"),
     )
 }  # fmt: skip
 
 
 def formats(kind: str | None = None) -> list[SceneFormat]:
     """Every format, or those of one kind: "gaussians" (what the viewer's crop export and bench
-    export offer) or "model"."""
+    export offer), "model" or "points"."""
     return [f for f in FORMATS.values() if kind is None or f.kind == kind]
 
 
@@ -117,7 +122,7 @@ def read_scene(path: str | Path, transform=None) -> dict[str, Tensor]:
     path = Path(path)
     fmt = format_of_path(path)
     if fmt.kind != "gaussians":
-        raise DataError(path, f"is a {fmt.name} model file, not a file of Gaussians")
+        raise DataError(path, f"is a {fmt.name} file ({fmt.description.split(' (')[0]}), not a file of Gaussians")
     if fmt.name == "ply" and _is_compressed_ply(path):
         fmt = FORMATS["compressed-ply"]
     return fmt.read(path, transform=transform)

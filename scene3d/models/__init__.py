@@ -19,6 +19,7 @@ _BUILTIN: dict[str, str] = {
     "3dgs": "scene3d.models.gaussians:GaussianModel",
     "slimmerf": "scene3d.models.slimmerf:SlimmeRFModel",
     "zipnerf": "scene3d.models.zipnerf:ZipNeRFModel",
+    "pynerf": "scene3d.models.pynerf:PyNeRFModel",
 }
 DEFAULT_MODEL = "3dgs"
 """What ``scene3d train`` trains without ``--model``, and what the demo and ``bench densify`` use."""

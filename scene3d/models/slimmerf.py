@@ -650,7 +650,9 @@ class SlimmeRFModel(Representation):
     def losses(self, out, batch, step: int) -> dict[str, Tensor]:
         """MSE on the rays, L1 on the (rank-masked) density components, and TV when its weights are set."""
         c = self.cfg
-        terms = {"rgb": torch.mean((out.rgb - batch.target) ** 2)}
+        from scene3d.metrics import weighted_mean
+
+        terms = {"rgb": weighted_mean((out.rgb - batch.target) ** 2, getattr(batch, "weights", None))}
         d_mask, _ = self.rank_masks()
         if self.l1_weight > 0:
             l1 = sum((pl.abs().mean(dim=(0, 2, 3)) * d_mask).sum() / d_mask.numel() + (li.abs().mean(dim=(0, 2, 3)) * d_mask).sum() / d_mask.numel()

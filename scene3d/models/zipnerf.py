@@ -203,12 +203,14 @@ class _Field(nn.Module):
                 nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
-    def features(self, points: Tensor, scales: Tensor, box: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def features(self, points: Tensor, scales: Tensor, box: Tensor | None = None, levels_shown: int | None = None) -> tuple[Tensor, Tensor | None]:
         """[N, S, L (F + 1)] features of intervals from their multisamples ``points`` [N, S, K, 3]
         and ``scales`` [N, S, K] (scene units), and with a ``box`` [6] the [N, S] fraction of each
         interval's multisamples inside it (None without a box). Without a box, points are
         contracted into the ball of radius 2 (their scales with them), which maps onto the grid;
-        with one, the box maps onto the grid (points outside clamp to its faces)."""
+        with one, the box maps onto the grid (points outside clamp to its faces). ``levels_shown``
+        (the viewer's "grid levels"): the finer levels read as if the footprint covered their
+        cells (weight 0), i.e. the field as seen from far enough away that they blur out."""
         from scene3d.renderers.rays.contraction import contract, contract_iso_scale
 
         n, s, k, _ = points.shape
@@ -223,6 +225,8 @@ class _Field(nn.Module):
             sigma01 = scales.reshape(-1) / size.max()
             inside = ((x01 >= 0.0) & (x01 <= 1.0)).all(dim=-1).to(x.dtype).view(n, s, k).mean(dim=2)
         weight = torch.special.erf(1.0 / (math.sqrt(8.0) * sigma01[:, None] * self.cells[None, :]).clamp_min(1e-12))  # [M, L]
+        if levels_shown is not None and levels_shown < weight.shape[1]:
+            weight = torch.cat([weight[:, :levels_shown], torch.zeros_like(weight[:, levels_shown:])], dim=1)
         feats = self.grid(x01.clamp(0.0, 1.0), level_weights=weight)  # [M, L F]
         levels = self.grid.levels
         scale_feat = (2.0 * weight - 1.0) * torch.sqrt(1e-10 + self.grid.level_square_means())[None, :]
@@ -230,10 +234,15 @@ class _Field(nn.Module):
         scale_feat = scale_feat.view(n, s, k, levels, 1).mean(dim=2)
         return PRECONDITION * torch.cat([feats, scale_feat], dim=-1).view(n, s, levels * (self.grid.features_per_level + 1)), inside
 
-    def forward(self, points: Tensor, scales: Tensor, dirs: Tensor | None = None, box: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(self, points: Tensor, scales: Tensor, dirs: Tensor | None = None, box: Tensor | None = None, *,
+                levels_shown: int | None = None, crop: Tensor | None = None) -> tuple[Tensor, Tensor | None]:  # fmt: skip
         """(density [N, S] per unit distance, rgb [N, S, 3] or None) of the intervals; with a
-        ``box``, density is scaled by the share of each interval's multisamples inside it."""
-        feats, inside = self.features(points, scales, box)
+        ``box`` (and a ``crop`` [6], rendering only), density is scaled by the share of each
+        interval's multisamples inside it."""
+        feats, inside = self.features(points, scales, box, levels_shown)
+        if crop is not None:
+            within = ((points >= crop[:3]) & (points <= crop[3:])).all(dim=-1).to(points.dtype).mean(dim=2)
+            inside = within if inside is None else inside * within
         h = self.density[1](self.density[0](feats))
         raw = self.density[2](h)[..., 0]
         sigma = torch.exp(torch.clamp(raw + self.density_bias, max=30.0))
@@ -290,7 +299,7 @@ class ZipNeRFModel(Representation):
                 raise ValueError("the zipnerf box must be finite with max above min on every axis")
         self.register_buffer("box", box, persistent=False)
         self.proposals = nn.ModuleList([_Field(cfg, res, cfg.proposal_features, colour=False) for res in cfg.proposal_max_resolutions])
-        self.nerf = _Field(cfg, cfg.nerf_max_resolution, cfg.nerf_features, colour=True)
+        self.nerf = self.make_nerf_field(cfg)
         self.train_frac = 1.0
         self.setup_optimizers()
 
@@ -327,6 +336,23 @@ class ZipNeRFModel(Representation):
     def hash_decay(self) -> float:
         return self.cfg.box_hash_decay if self.box is not None else self.cfg.hash_decay
 
+    # ------------------------------------------------------------------ hooks (PyNeRF overrides them)
+    def make_nerf_field(self, cfg) -> nn.Module:
+        """The NeRF round's field."""
+        return _Field(cfg, cfg.nerf_max_resolution, cfg.nerf_features, colour=True)
+
+    def interval_samples(self, origins, dirs, radii, tdist, stratified: bool, generator, last: bool) -> tuple[Tensor, Tensor]:
+        """(points [N, S, K, 3], scales [N, S, K]) at which a round's field reads each interval:
+        Zip-NeRF's six hexagonal multisamples and their footprints, every round."""
+        from scene3d.renderers.rays.multisample import hexify
+
+        return hexify(origins, dirs, radii, tdist, stratified=stratified, generator=generator)
+
+    def field_options(self, options: dict) -> dict:
+        """The NeRF field's keyword arguments for the viewer's ``options``: the grid levels read."""
+        levels = self.nerf.grid.levels
+        return {"levels_shown": None if options.get("levels") is None else int(np.clip(int(options["levels"]), 1, levels))}
+
     # ------------------------------------------------------------------ optimisation
     def make_optimizers(self) -> dict:
         c = self.cfg
@@ -349,14 +375,17 @@ class ZipNeRFModel(Representation):
 
     # ------------------------------------------------------------------ the ray path
     def render_rays(self, rays, *, background: Tensor | None = None, stratified: bool = False, generator: torch.Generator | None = None,
-                    cull: float = 0.0) -> ZipOutput:  # fmt: skip
+                    cull: float = 0.0, nerf_samples: int | None = None, field_options: dict | None = None, crop: Tensor | None = None) -> ZipOutput:  # fmt: skip
         """Renders N rays (unit directions with cone radii) through the three rounds.
 
         ``cull > 0`` (rendering only): a ray that misses the box, or whose proposal histogram
         holds less than ``cull`` in all, leaves the rounds and shows the background (the interlevel loss makes each
         proposal histogram bound the NeRF's, so its NeRF weights would sum to less than that);
-        ``sdist``, ``tdist`` and ``weights`` of the output then hold the remaining rays only."""
-        from scene3d.renderers.rays.multisample import hexify
+        ``sdist``, ``tdist`` and ``weights`` of the output then hold the remaining rays only.
+        The viewer's controls (rendering only): ``nerf_samples`` replaces the NeRF round's sample
+        count, ``field_options`` go to the NeRF round's field (zipnerf: ``levels_shown`` blurs out the
+        grid's finer levels), ``crop`` [6] (lo, hi) keeps
+        density inside that box only."""
         from scene3d.renderers.rays.proposal import initial_sdist, resample_intervals, schlick_bias
         from scene3d.renderers.rays.stepfun import PowerLadder, construct_ray_warps
 
@@ -376,7 +405,7 @@ class ZipNeRFModel(Representation):
         sdist, weights = initial_sdist(n, dev)
         live = None  # indices of the rays still rendered (None: all)
         proposals, samples = [], 0
-        rounds = list(zip(self.proposals, c.proposal_samples)) + [(self.nerf, c.nerf_samples)]
+        rounds = list(zip(self.proposals, c.proposal_samples)) + [(self.nerf, c.nerf_samples if nerf_samples is None else int(nerf_samples))]
         for i, (fld, count) in enumerate(rounds):
             if cull > 0:  # misses of the box, then rays whose last proposal is (nearly) empty
                 keep = (weights.sum(dim=1) >= cull) if i > 0 else hit if self.box is not None else None
@@ -389,8 +418,9 @@ class ZipNeRFModel(Representation):
                         break
             sdist = resample_intervals(sdist, weights, count, anneal=anneal if i > 0 else 1.0, stratified=stratified, generator=generator)
             tdist = construct_ray_warps(near, far, spacing).s_to_t(sdist)
-            points, scales = hexify(origins, dirs, radii, tdist, stratified=stratified, generator=generator)
-            sigma, rgb = fld(points, scales, dirs if fld is self.nerf else None, self.box)
+            last = fld is self.nerf
+            points, scales = self.interval_samples(origins, dirs, radii, tdist, stratified, generator, last)
+            sigma, rgb = fld(points, scales, dirs if last else None, self.box, crop=crop, **((field_options or {}) if last else {}))
             weights = composite(tdist, sigma)
             samples += sigma.numel()
             if fld is not self.nerf:
@@ -421,7 +451,7 @@ class ZipNeRFModel(Representation):
         from scene3d.renderers.rays.proposal import charbonnier_loss, distortion_loss, interlevel_losses
 
         c = self.cfg
-        terms = {"rgb": charbonnier_loss(out.rgb, batch.target, c.charbonnier_eps)}
+        terms = {"rgb": charbonnier_loss(out.rgb, batch.target, c.charbonnier_eps, weights=getattr(batch, "weights", None))}
         terms["interlevel"] = sum(interlevel_losses(out.sdist, out.weights, out.proposals, c.interlevel_blurs, c.interlevel_mult))
         if c.distortion_mult > 0:
             terms["distortion"] = distortion_loss(out.tdist, out.weights, mult=c.distortion_mult)
@@ -437,13 +467,20 @@ class ZipNeRFModel(Representation):
     @torch.no_grad()
     def render(self, cameras: Cameras, *, background: Tensor | None = None, options: dict | None = None, crop=None):
         """Renders one camera's image, ``render_chunk`` rays at a time, on the deterministic
-        (evaluation) path: centred interval samples and the alternating hexagon."""
+        (evaluation) path: centred interval samples and the alternating hexagon. ``options``: the
+        viewer's controls (:meth:`controls`); ``crop``: (lo, hi), density outside is dropped."""
         from scene3d.renderers.rays import camera_rays
         from scene3d.renderers.rays.render import RayRenderOutput
 
         rays, h, w = camera_rays(cameras)
         step = max(1, int(self.cfg.render_chunk))
-        outs = [self.render_rays(rays[i : i + step], background=background, cull=self.cfg.render_cull) for i in range(0, len(rays), step)]
+        o = options or {}
+        kw = {"cull": float(o.get("cull", self.cfg.render_cull)),
+              "nerf_samples": int(np.clip(int(o.get("nerf_samples", self.cfg.nerf_samples)), 1, 1024)),
+              "field_options": self.field_options(o)}  # fmt: skip
+        if crop is not None:
+            kw["crop"] = torch.as_tensor(np.concatenate([np.asarray(crop[0], dtype=np.float32), np.asarray(crop[1], dtype=np.float32)]), device=rays.origins.device)
+        outs = [self.render_rays(rays[i : i + step], background=background, **kw) for i in range(0, len(rays), step)]
         rgb = torch.cat([o.rgb for o in outs]).reshape(1, h, w, 3)
         alpha = torch.cat([o.alpha for o in outs]).reshape(1, h, w, 1)
         depth = torch.cat([o.depth for o in outs]).reshape(1, h, w, 1)
@@ -457,7 +494,15 @@ class ZipNeRFModel(Representation):
         return f"zipnerf {sum(p.numel() for p in self.parameters()) / 1e6:.1f}M parameters"
 
     def controls(self) -> list[Control]:
-        return []
+        c, levels = self.cfg, self.nerf.grid.levels
+        return [
+            Control("nerf_samples", "NeRF samples", "slider", c.nerf_samples, 4, max(128, c.nerf_samples), 4,
+                    hint="Samples per ray in the last (coloured) round: fewer draw faster and blur depth."),
+            Control("cull", "Cull below", "slider", c.render_cull, 0.0, 0.05, 0.001,
+                    hint="Rays whose proposal weights sum to less than this show the background (faster; 0 renders every ray)."),
+            Control("levels", "Grid levels", "slider", levels, 1, levels, 1,
+                    hint="Hash-grid levels of the NeRF read: fewer show the field as its coarse levels hold it."),
+        ]  # fmt: skip
 
     def focus(self):
         return np.zeros(3), 0.5

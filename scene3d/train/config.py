@@ -24,7 +24,8 @@ class TrainConfig:
     """Loss = (1 - lambda) L1 + lambda (1 - SSIM)."""
     background_mode: Literal["auto", "white", "black", "random"] = "auto"
     """Background colour: auto uses the dataset's (white for Blender scenes) and black otherwise;
-    random draws one per step (targets with alpha are composited on the same colour)."""
+    random draws one per step behind images with alpha (targets composited on the same colour;
+    datasets without alpha keep auto's)."""
     device: str = "auto"
     """torch device; auto picks cuda when available, else cpu."""
     log_every: int = 20

@@ -19,7 +19,9 @@ def target_image(ds, i: int, background, device) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_model(model, ds, device, background_mode: str = "auto", renders_dir: Path | None = None) -> dict:
     """PSNR and SSIM over the test split (the train split when there is no test split), with the
-    model's :meth:`stats`; ``renders_dir`` receives each prediction beside its ground truth."""
+    model's :meth:`stats`; ``renders_dir`` receives each prediction beside its ground truth. A
+    multiscale dataset adds ``psnr_per_scale`` and ``ssim_per_scale`` (keyed "1", "2", "4", "8"),
+    and ``psnr`` and ``ssim`` are their means."""
     indices = ds.test_indices or ds.train_indices
     split = "test" if ds.test_indices else "train"
     colour = ds.background_for(background_mode)
@@ -32,9 +34,17 @@ def evaluate_model(model, ds, device, background_mode: str = "auto", renders_dir
         ssims.append(float(ssim(pred, gt)))
         if renders_dir is not None:
             save_pair(renders_dir, Path(ds.names[i]).stem, pred[0], gt[0])
+    factors = [ds.scale_factor(i) for i in indices] if getattr(ds, "scale_factors", None) is not None else None
+    if factors is None:
+        return {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)), **model.stats(), "num_images": len(indices), "eval_split": split}
+    # multiscale: each scale's mean, and their mean (mip-NeRF's protocol: every scale counts the same)
+    per_psnr = {str(f): float(np.mean([p for p, g in zip(psnrs, factors) if g == f])) for f in sorted(set(factors))}
+    per_ssim = {str(f): float(np.mean([q for q, g in zip(ssims, factors) if g == f])) for f in sorted(set(factors))}
     return {
-        "psnr": float(np.mean(psnrs)),
-        "ssim": float(np.mean(ssims)),
+        "psnr": float(np.mean(list(per_psnr.values()))),
+        "ssim": float(np.mean(list(per_ssim.values()))),
+        "psnr_per_scale": per_psnr,
+        "ssim_per_scale": per_ssim,
         **model.stats(),
         "num_images": len(indices),
         "eval_split": split,

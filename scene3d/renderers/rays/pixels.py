@@ -20,9 +20,11 @@ from scene3d.cameras import Cameras
 
 
 def sample_pixels(
-    cameras: Cameras, camera_indices: list[int] | Tensor, n: int, generator: torch.Generator
+    cameras: Cameras, camera_indices: list[int] | Tensor, n: int, generator: torch.Generator, by_pixel: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Draws ``n`` random pixels from the images of ``camera_indices``.
+    """Draws ``n`` random pixels from the images of ``camera_indices``: an image uniformly, then a
+    pixel of it; with ``by_pixel``, uniformly from all their pixels together (an image as often as
+    its share of the pixels: mip-NeRF's multiscale sampling).
 
     Args:
         cameras: all cameras of the scene.
@@ -43,6 +45,14 @@ def sample_pixels(
     host = camera_indices.numpy() if given else np.asarray(camera_indices, dtype=np.int64)  # checked on the host
     assert host.min() >= 0 and host.max() < len(cameras), f"camera_indices must lie in [0, {len(cameras)}), got {camera_indices}"
     indices = (camera_indices if given else torch.from_numpy(host)).to(dev, torch.int64)
+    if by_pixel:
+        w = cameras.width.to(dev)[indices]
+        ends = torch.cumsum(w * cameras.height.to(dev)[indices], 0)
+        flat = torch.randint(int(ends[-1]), (n,), generator=generator, device=dev)
+        pick = torch.searchsorted(ends, flat, right=True)
+        flat = flat - (ends[pick] - w[pick] * cameras.height.to(dev)[indices][pick])
+        out = cameras.device
+        return indices[pick].to(out), (flat % w[pick]).to(out), (flat // w[pick]).to(out)
     pick = torch.randint(len(indices), (n,), generator=generator, device=dev)
     cam = indices[pick]
     w = cameras.width.to(dev)[cam]

@@ -43,6 +43,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from scene3d.metrics import weighted_mean
 from scene3d.renderers.rays.sampling import RaySamples
 from scene3d.renderers.rays.stepfun import (
     F32_EPS,
@@ -183,9 +184,10 @@ def distortion_loss(
     return mult * lossfun_distortion(c, weights).mean()
 
 
-def charbonnier_loss(pred: Tensor, target: Tensor, eps: float = CHARBONNIER_EPS) -> Tensor:
+def charbonnier_loss(pred: Tensor, target: Tensor, eps: float = CHARBONNIER_EPS, weights: Tensor | None = None) -> Tensor:
     """``mean(sqrt((pred - target)^2 + eps^2))`` over all elements (camp_zipnerf's ``'charb'`` data
-    loss, ``charb_padding = 0.001``): L1-like for large errors, smooth at 0."""
+    loss, ``charb_padding = 0.001``): L1-like for large errors, smooth at 0. ``weights`` [N] (one per
+    row): the weighted mean over rows instead (multiscale data)."""
     assert pred.shape == target.shape, f"pred and target must have the same shape, got {tuple(pred.shape)}, {tuple(target.shape)}"
     diff = pred - target
-    return torch.sqrt(diff * diff + eps * eps).mean()
+    return weighted_mean(torch.sqrt(diff * diff + eps * eps), weights)
