@@ -59,6 +59,11 @@ class PyNeRFConfig(ZipNeRFConfig):
     """Hidden layers of the colour MLP."""
     level_resolution: int = 128
     """Cells per axis of the grid that records the levels trained in each cell."""
+    data_loss: str = "mse"
+    """``mse`` (the reference's) or ``charbonnier`` (Zip-NeRF's)."""
+    distortion_space: str = "normalised"
+    """Where the distortion loss measures: ``normalised`` distances (the reference's, through
+    nerfstudio) or Zip-NeRF's ``curve`` of metric distances."""
     lr_schedule: str = "cosine"
     """``cosine`` (to 5% of lr_init after ``lr_delay_steps`` of linear warm-up) or ``exponential``
     (log-linear from lr_init to lr_final, as Zip-NeRF's without its warm-up)."""
@@ -66,6 +71,8 @@ class PyNeRFConfig(ZipNeRFConfig):
     def __post_init__(self):
         if self.heads < 1 or self.grid_levels < 1 or self.level_resolution < 1:
             raise ValueError("pynerf needs at least one head, one grid level and one level cell")
+        if self.data_loss not in ("mse", "charbonnier") or self.distortion_space not in ("normalised", "curve"):
+            raise ValueError("data_loss must be mse or charbonnier, distortion_space normalised or curve")
         if self.lr_schedule not in ("cosine", "exponential"):
             raise ValueError(f"lr_schedule must be cosine or exponential, got {self.lr_schedule!r}")
 
@@ -264,9 +271,10 @@ class PyNeRFModel(ZipNeRFModel):
 
         from scene3d.renderers.rays.proposal import distortion_loss
 
-        terms = super().losses(out, batch, step)
-        terms["rgb"] = weighted_mean((out.rgb - batch.target) ** 2, getattr(batch, "weights", None))
-        if self.cfg.distortion_mult > 0:  # mip-NeRF 360's, on the normalised distances (as nerfstudio's, which the reference uses)
+        terms = super().losses(out, batch, step)  # Charbonnier, interlevel, distortion on the curve, hash decay
+        if self.cfg.data_loss == "mse":
+            terms["rgb"] = weighted_mean((out.rgb - batch.target) ** 2, getattr(batch, "weights", None))
+        if self.cfg.distortion_mult > 0 and self.cfg.distortion_space == "normalised":  # mip-NeRF 360's on normalised distances (nerfstudio's)
             terms["distortion"] = distortion_loss(out.sdist, out.weights, curve=None, mult=self.cfg.distortion_mult)
         return terms
 
