@@ -323,10 +323,10 @@ MULTISCALE_FACTORS = (1, 2, 4, 8)
 
 def multiscale(ds: SceneDataset, factors: tuple[int, ...] = MULTISCALE_FACTORS) -> SceneDataset:
     """``ds`` with every image also at 1/f of its size for each of ``factors`` (powers of two;
-    mip-NeRF's multiscale convention): the cameras' intrinsics divided by f (sizes rounded, at least 1 px),
-    the pixels area-averaged from the same file when read, names ending ``_dK`` for f = 2^K (as
-mip-NeRF's multiscale Blender files). Both
-    splits take every scale of their images; ``scale_factors`` records each image's f."""
+    mip-NeRF's multiscale convention): the cameras' intrinsics divided by f (sizes rounded, at
+    least 1 px), the pixels area-averaged from the same file when read, names ending ``_dK`` for
+    f = 2^K (as mip-NeRF's multiscale Blender files). Both splits take every scale of their
+    images; ``scale_factors`` records each image's f."""
     if ds.scale_factors is not None:
         return ds
     n = len(ds)

@@ -277,16 +277,22 @@ def read_blender(root: Path, allow_outside: bool = False) -> RawScene:
         all_cams.append(cams)
         paths += ps
         names += [f"{split}/{Path(n).name}" for n in ns]
+    return _blender_scene(root, all_cams, paths, names, index)
+
+
+def _blender_scene(root: Path, cams: list[Cameras], paths: list[Path], names: list[str], index: dict[str, list[int]], **meta) -> RawScene:
+    """A Blender scene's RawScene from its splits' cameras, files and names (``index``: split ->
+    image indices; the test split is ``test``, else ``val``), in the [-1.5, 1.5]^3 box."""
     test_split = "test" if "test" in index else "val"
     return RawScene(
         format="blender",
         root=root,
-        cameras=Cameras.cat(all_cams),
+        cameras=Cameras.cat(cams),
         image_paths=paths,
         names=names,
         split={"train": index["train"], "test": index.get(test_split, [])},
         aabb=np.array([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]]),
-        meta={"test_split_from": test_split if test_split in index else None, "split_sizes": {k: len(v) for k, v in index.items()}},
+        meta={"test_split_from": test_split if test_split in index else None, "split_sizes": {k: len(v) for k, v in index.items()}, **meta},
     )
 
 
@@ -332,18 +338,7 @@ def read_blender_multiscale(root: Path, allow_outside: bool = False) -> RawScene
         all_cams.append(cams)
         paths += ps
         names += [str(n) for n in ns]
-    test_split = "test" if "test" in index else "val"
-    return RawScene(
-        format="blender",
-        root=root,
-        cameras=Cameras.cat(all_cams),
-        image_paths=paths,
-        names=names,
-        split={"train": index["train"], "test": index.get(test_split, [])},
-        aabb=np.array([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]]),
-        meta={"test_split_from": test_split if test_split in index else None, "split_sizes": {k: len(v) for k, v in index.items()},
-              "scale_factors": factors, "multiscale_layout": True},  # fmt: skip
-    )
+    return _blender_scene(root, all_cams, paths, names, index, scale_factors=factors, multiscale_layout=True)
 
 
 def _scale_factor(path: Path, where: str, value, squared: bool) -> int:

@@ -104,7 +104,10 @@ def read_point_ply(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if not head.startswith(b"ply\n") or end < 0:
         raise DataError(path, "is not a PLY file")
     lines = head[:end].decode("ascii", "replace").splitlines()
-    counts = [int(line.split()[2]) for line in lines if line.startswith("element vertex ")]
+    try:
+        counts = [int(line.split()[2]) for line in lines if line.startswith("element vertex ")]
+    except (IndexError, ValueError):
+        raise DataError(path, "has an element vertex line without a count") from None
     dtype = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
     start = end + len(b"end_header\n")
     if len(counts) != 1 or path.stat().st_size != start + counts[0] * dtype.itemsize:

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from scene3d.models.base import Control
 from scene3d.models.zipnerf import PRESETS as ZIP_PRESETS
-from scene3d.models.zipnerf import ZipNeRFConfig, ZipNeRFModel
+from scene3d.models.zipnerf import ZipNeRFConfig, ZipNeRFModel, crop_share, grid_coordinates
 
 
 @dataclass
@@ -176,19 +176,12 @@ class PyramidField(nn.Module):
         otherwise levels are clamped to them (unless ``clamp`` is off). ``level``: every sample at
         that level (the viewer's pyramid-level control)."""
         from scene3d.renderers.gaussians import sh_basis
-        from scene3d.renderers.rays.contraction import contract
 
         n, s = points.shape[:2]
         x = points.reshape(-1, 3)
-        inside = None
-        if box is None:
-            x01, extent = (contract(x) + 2.0) / 4.0, 4.0
-        else:
-            size = box[3:] - box[:3]
-            x01, extent = (x - box[:3]) / size, float(size.max())
-            inside = ((x01 >= 0.0) & (x01 <= 1.0)).all(dim=-1).to(x.dtype)
+        x01, inside, extent = grid_coordinates(x, box)
         if crop is not None:
-            within = ((x >= crop[:3]) & (x <= crop[3:])).all(dim=-1).to(x.dtype)
+            within = crop_share(points, crop).reshape(-1)
             inside = within if inside is None else inside * within
         feats = self.grid(x01.clamp(0.0, 1.0))
         lvl = self.levels(scales.reshape(-1), extent)
@@ -266,17 +259,22 @@ class PyNeRFModel(ZipNeRFModel):
         p = min(max((step - c.lr_delay_steps) / max(max_steps - c.lr_delay_steps, 1), 0.0), 1.0)
         return c.lr_init * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * p)))
 
-    def losses(self, out, batch, step: int) -> dict[str, Tensor]:
+    def data_loss(self, out, batch) -> Tensor:
+        """MSE (the reference's), or Zip-NeRF's Charbonnier; rays weighted by ``batch.weights`` when given."""
         from scene3d.metrics import weighted_mean
 
+        if self.cfg.data_loss == "charbonnier":
+            return super().data_loss(out, batch)
+        return weighted_mean((out.rgb - batch.target) ** 2, getattr(batch, "weights", None))
+
+    def distortion_loss(self, out) -> Tensor:
+        """mip-NeRF 360's distortion loss on normalised distances (nerfstudio's, which the reference
+        uses), or Zip-NeRF's on its curve."""
         from scene3d.renderers.rays.proposal import distortion_loss
 
-        terms = super().losses(out, batch, step)  # Charbonnier, interlevel, distortion on the curve, hash decay
-        if self.cfg.data_loss == "mse":
-            terms["rgb"] = weighted_mean((out.rgb - batch.target) ** 2, getattr(batch, "weights", None))
-        if self.cfg.distortion_mult > 0 and self.cfg.distortion_space == "normalised":  # mip-NeRF 360's on normalised distances (nerfstudio's)
-            terms["distortion"] = distortion_loss(out.sdist, out.weights, curve=None, mult=self.cfg.distortion_mult)
-        return terms
+        if self.cfg.distortion_space == "curve":
+            return super().distortion_loss(out)
+        return distortion_loss(out.sdist, out.weights, curve=None, mult=self.cfg.distortion_mult)
 
     def trained_level_range(self) -> tuple[float, float] | None:
         """(lowest, highest) level recorded in any cell, or None before training."""
@@ -296,13 +294,6 @@ class PyNeRFModel(ZipNeRFModel):
     def describe(self) -> str:
         return f"pynerf {self.cfg.heads} heads, {sum(p.numel() for p in self.parameters()) / 1e6:.1f}M parameters"
 
-    def controls(self) -> list[Control]:
-        c = self.cfg
-        return [
-            Control("nerf_samples", "NeRF samples", "slider", c.nerf_samples, 4, max(128, c.nerf_samples), 4,
-                    hint="Samples per ray in the last (coloured) round: fewer draw faster and blur depth."),
-            Control("cull", "Cull below", "slider", c.render_cull, 0.0, 0.05, 0.001,
-                    hint="Rays whose proposal weights sum to less than this show the background (faster; 0 renders every ray)."),
-            Control("level", "Pyramid level", "slider", -1.0, -1.0, float(c.heads - 1), 0.25,
-                    hint="-1: each sample's level from its footprint (clamped to what its cell trained); 0 .. heads-1: every sample at that level."),
-        ]  # fmt: skip
+    def field_controls(self) -> list[Control]:
+        return [Control("level", "Pyramid level", "slider", -1.0, -1.0, float(self.cfg.heads - 1), 0.25,
+                        hint="-1: each sample's level from its footprint (clamped to what its cell trained); 0 .. heads-1: every sample at that level.")]  # fmt: skip

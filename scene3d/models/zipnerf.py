@@ -149,6 +149,24 @@ def _levels(min_res: int, max_res: int) -> int:
     return max(1, int(round(math.log2(max_res / min_res))) + 1)
 
 
+def grid_coordinates(x: Tensor, box: Tensor | None) -> tuple[Tensor, Tensor | None, float]:
+    """(points ``x`` [M, 3] in the grid's [0, 1]^3 (unclamped), [M] 1.0 where inside the ``box`` or
+    None without one, the side the grid spans): without a box the ball of radius 2 that contraction
+    maps space into (side 4), with one the box itself (its longest side)."""
+    from scene3d.renderers.rays.contraction import contract
+
+    if box is None:
+        return (contract(x) + 2.0) / 4.0, None, 4.0
+    size = box[3:] - box[:3]
+    x01 = (x - box[:3]) / size
+    return x01, ((x01 >= 0.0) & (x01 <= 1.0)).all(dim=-1).to(x.dtype), float(size.max())
+
+
+def crop_share(points: Tensor, crop: Tensor) -> Tensor:
+    """[N, S] share of each interval's samples ``points`` [N, S, K, 3] inside ``crop`` [6] (lo, hi)."""
+    return ((points >= crop[:3]) & (points <= crop[3:])).all(dim=-1).to(points.dtype).mean(dim=2)
+
+
 def positional_encoding(x: Tensor, degrees: int) -> Tensor:
     """``[x, sin(2^k x), cos(2^k x) for k < degrees]`` (cos as a shifted sine), [.., 3 + 6 degrees]."""
     scales = 2.0 ** torch.arange(degrees, device=x.device, dtype=x.dtype)
@@ -211,19 +229,15 @@ class _Field(nn.Module):
         with one, the box maps onto the grid (points outside clamp to its faces). ``levels_shown``
         (the viewer's "grid levels"): the finer levels read as if the footprint covered their
         cells (weight 0), i.e. the field as seen from far enough away that they blur out."""
-        from scene3d.renderers.rays.contraction import contract, contract_iso_scale
+        from scene3d.renderers.rays.contraction import contract_iso_scale
 
         n, s, k, _ = points.shape
         x = points.reshape(-1, 3)
-        inside = None
-        if box is None:
-            sigma01 = scales.reshape(-1) * contract_iso_scale(x) / 4.0
-            x01 = (contract(x) + 2.0) / 4.0  # the ball of radius 2 into [0, 1]^3
-        else:
-            size = box[3:] - box[:3]
-            x01 = (x - box[:3]) / size
-            sigma01 = scales.reshape(-1) / size.max()
-            inside = ((x01 >= 0.0) & (x01 <= 1.0)).all(dim=-1).to(x.dtype).view(n, s, k).mean(dim=2)
+        x01, inside, extent = grid_coordinates(x, box)
+        scale = contract_iso_scale(x) if box is None else 1.0  # contraction shrinks footprints with the points
+        sigma01 = scales.reshape(-1) * scale / extent
+        if inside is not None:
+            inside = inside.view(n, s, k).mean(dim=2)
         weight = torch.special.erf(1.0 / (math.sqrt(8.0) * sigma01[:, None] * self.cells[None, :]).clamp_min(1e-12))  # [M, L]
         if levels_shown is not None and levels_shown < weight.shape[1]:
             weight = torch.cat([weight[:, :levels_shown], torch.zeros_like(weight[:, levels_shown:])], dim=1)
@@ -241,7 +255,7 @@ class _Field(nn.Module):
         interval's multisamples inside it."""
         feats, inside = self.features(points, scales, box, levels_shown)
         if crop is not None:
-            within = ((points >= crop[:3]) & (points <= crop[3:])).all(dim=-1).to(points.dtype).mean(dim=2)
+            within = crop_share(points, crop)
             inside = within if inside is None else inside * within
         h = self.density[1](self.density[0](feats))
         raw = self.density[2](h)[..., 0]
@@ -447,14 +461,26 @@ class ZipNeRFModel(Representation):
     def forward(self, batch, step: int):
         return self.render_rays(batch.rays, background=batch.background, stratified=True, generator=batch.generator)
 
+    def data_loss(self, out: ZipOutput, batch) -> Tensor:
+        """The data term: Charbonnier, each ray weighted by ``batch.weights`` when given."""
+        from scene3d.renderers.rays.proposal import charbonnier_loss
+
+        return charbonnier_loss(out.rgb, batch.target, self.cfg.charbonnier_eps, weights=getattr(batch, "weights", None))
+
+    def distortion_loss(self, out: ZipOutput) -> Tensor:
+        """Zip-NeRF's distortion loss, on its curve of metric distances."""
+        from scene3d.renderers.rays.proposal import distortion_loss
+
+        return distortion_loss(out.tdist, out.weights, mult=self.cfg.distortion_mult)
+
     def losses(self, out: ZipOutput, batch, step: int) -> dict[str, Tensor]:
-        from scene3d.renderers.rays.proposal import charbonnier_loss, distortion_loss, interlevel_losses
+        from scene3d.renderers.rays.proposal import interlevel_losses
 
         c = self.cfg
-        terms = {"rgb": charbonnier_loss(out.rgb, batch.target, c.charbonnier_eps, weights=getattr(batch, "weights", None))}
+        terms = {"rgb": self.data_loss(out, batch)}
         terms["interlevel"] = sum(interlevel_losses(out.sdist, out.weights, out.proposals, c.interlevel_blurs, c.interlevel_mult))
         if c.distortion_mult > 0:
-            terms["distortion"] = distortion_loss(out.tdist, out.weights, mult=c.distortion_mult)
+            terms["distortion"] = self.distortion_loss(out)
         if self.hash_decay > 0:
             decay = 0.0
             for fld in (*self.proposals, self.nerf):
@@ -500,9 +526,14 @@ class ZipNeRFModel(Representation):
                     hint="Samples per ray in the last (coloured) round: fewer draw faster and blur depth."),
             Control("cull", "Cull below", "slider", c.render_cull, 0.0, 0.05, 0.001,
                     hint="Rays whose proposal weights sum to less than this show the background (faster; 0 renders every ray)."),
-            Control("levels", "Grid levels", "slider", levels, 1, levels, 1,
-                    hint="Hash-grid levels of the NeRF read: fewer show the field as its coarse levels hold it."),
+            *self.field_controls(),
         ]  # fmt: skip
+
+    def field_controls(self) -> list[Control]:
+        """The NeRF field's own viewer controls (their values reach it through :meth:`field_options`)."""
+        levels = self.nerf.grid.levels
+        return [Control("levels", "Grid levels", "slider", levels, 1, levels, 1,
+                        hint="Hash-grid levels of the NeRF read: fewer show the field as its coarse levels hold it.")]  # fmt: skip
 
     def focus(self):
         return np.zeros(3), 0.5
