@@ -1,5 +1,6 @@
 """Multiscale datasets (``--multiscale``): every image also at 1/2, 1/4 and 1/8 (mip-NeRF's
-convention), pool sampling with area weights for ray batches, and PSNR per scale."""
+convention), ray batches that draw and weigh the scales (balanced, mip-NeRF's area weights,
+PyNeRF's per-image draws), and PSNR per scale."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def test_pool_sampling_draws_images_by_their_pixel_count_and_weighs_pixels_by_ar
     from scene3d.data.training import TrainingData, step_generator
     from scene3d.renderers.rays import sample_pixels
 
-    ms = load_dataset(scene, DataConfig(test_every=3, multiscale=True))
+    ms = load_dataset(scene, DataConfig(test_every=3, multiscale=True, scale_sampling="area"))
     cam, x, y = sample_pixels(ms.cameras, ms.train_indices, 200_000, torch.Generator().manual_seed(0), by_pixel=True)
     assert bool((x >= 0).all() and (x < ms.cameras.width[cam]).all() and (y >= 0).all() and (y < ms.cameras.height[cam]).all())
     factors = torch.tensor(ms.scale_factors)[cam]
@@ -64,6 +65,30 @@ def test_pool_sampling_draws_images_by_their_pixel_count_and_weighs_pixels_by_ar
     torch.testing.assert_close(b.target[:200], want, atol=1e-6, rtol=0)
     single = TrainingData(load_dataset(scene, DataConfig(test_every=3)), torch.device("cpu"), seed=1, progress=False)
     assert single.ray_batch(3, 64, step_generator(1, 3)).weights is None
+
+
+def test_balanced_and_per_image_sampling_give_each_scale_a_quarter_of_the_rays(scene):
+    from scene3d.data import load_dataset
+    from scene3d.data.config import DataConfig
+    from scene3d.data.training import TrainingData, step_generator
+
+    for mode in ("balanced", "image"):
+        ms = load_dataset(scene, DataConfig(test_every=3, multiscale=True, scale_sampling=mode))
+        data = TrainingData(ms, torch.device("cpu"), seed=2, progress=False)
+        b = data.ray_batch(0, 100_000, step_generator(2, 0))
+        factors = torch.tensor(ms.scale_factors)[b.ray_cameras]
+        share = torch.stack([(factors == f).float().mean() for f in (1, 2, 4, 8)])
+        torch.testing.assert_close(share, torch.full((4,), 0.25), atol=0.006, rtol=0)  # 100k draws: about 0.0014 standard error
+        # every training image of a scale alike (all have the same size here)
+        counts = torch.bincount(b.ray_cameras, minlength=len(ms))[ms.train_indices].float()
+        assert float(counts.min()) > 0.85 * float(counts.mean()) and float(counts.max()) < 1.15 * float(counts.mean())
+        if mode == "balanced":  # the same expected loss as area weighting, so no weights
+            assert b.weights is None
+        else:  # PyNeRF's: images alike, pixels weighed by area
+            torch.testing.assert_close(b.weights, factors.float() ** 2)
+    with pytest.raises(ValueError, match="area, balanced or image"):
+        ms.scale_sampling = "uniform"
+        TrainingData(ms, torch.device("cpu"), progress=False)
 
 
 def test_the_weighted_loss_is_the_area_weighted_mean():

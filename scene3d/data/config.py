@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass
@@ -15,6 +16,12 @@ class DataConfig:
     """Also train and test on every image at 1/2, 1/4 and 1/8 of the loaded size (mip-NeRF's
     multiscale convention: intrinsics divided, images area-averaged; ray models weigh each pixel by
     its area in the full image; eval reports PSNR per scale and their mean)."""
+    scale_sampling: Literal["balanced", "area", "image"] = "balanced"
+    """Multiscale datasets, how ray batches draw the scales: ``balanced``, each scale as often as
+    the others and its pixels alike, unweighted; ``area``, every pixel alike, each weighed by its
+    area f^2 (mip-NeRF's; the same expected loss as ``balanced``, with 1/85 of the rays at 1/8
+    instead of a quarter, so far noisier there); ``image``, each image as often, weighed by area
+    (PyNeRF's, which favours the small scales)."""
     test_every: int = 8
     """Without explicit split lists, every N-th image (0, N, 2N, ...) is a test image."""
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)

@@ -73,6 +73,8 @@ class SceneDataset:
     meta: dict = field(default_factory=dict)
     scale_factors: list[int] | None = None
     """Multiscale datasets: each image's size divisor relative to the loaded resolution (1, 2, 4, 8); None: all 1."""
+    scale_sampling: str = "balanced"
+    """Multiscale datasets: how ray batches draw and weigh the scales (``--data.scale-sampling``)."""
 
     def __len__(self) -> int:
         return len(self.cameras)
@@ -312,6 +314,7 @@ def finalize(raw: RawScene, cfg: DataConfig) -> SceneDataset:
         warnings=list(raw.warnings),
         meta=dict(raw.meta),
     )
+    ds.scale_sampling = getattr(cfg, "scale_sampling", "balanced")
     if raw.meta.get("scale_factors") is not None:  # a scene that ships its scales (multiscale Blender)
         ds.scale_factors = [int(f) for f in raw.meta["scale_factors"]]
         return ds
@@ -347,7 +350,7 @@ def multiscale(ds: SceneDataset, factors: tuple[int, ...] = MULTISCALE_FACTORS) 
         transform=ds.transform, downscale=ds.downscale, points=ds.points, point_colors=ds.point_colors,
         mask_paths=rep(ds.mask_paths), aabb=ds.aabb, near_far=None if ds.near_far is None else np.concatenate([ds.near_far] * len(factors)),
         background=ds.background, warnings=ds.warnings, meta={**ds.meta, "multiscale": list(factors)},
-        scale_factors=[f for f in factors for _ in range(n)],
+        scale_factors=[f for f in factors for _ in range(n)], scale_sampling=ds.scale_sampling,
     )  # fmt: skip
 
 

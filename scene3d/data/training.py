@@ -48,8 +48,9 @@ class Batch:
     absgrad: bool = False
     """Set by the trainer when the densification strategy reads absolute 2D-mean gradients."""
     weights: Tensor | None = None
-    """Ray batches of multiscale datasets: [N] each pixel's loss weight (its area in the full image,
-    f^2 for an image at 1/f); photometric losses are then ``sum(w l) / sum(w)``. None: all equal."""
+    """Ray batches of multiscale datasets drawn with ``area`` or ``image`` scale sampling: [N] each
+    pixel's loss weight (its area in the full image, f^2 for an image at 1/f); photometric losses
+    are then ``sum(w l) / sum(w)``. None: all equal."""
 
 
 def epoch_order(train_indices: list[int], seed: int, epoch: int) -> list[int]:
@@ -108,9 +109,35 @@ class TrainingData:
         self.pixels = torch.cat(parts).to(self.device)  # [P, channels] uint8
         self.offsets, self.widths = offsets.to(self.device), widths.to(self.device)
         self._masks: dict[int, Tensor | None] = {}
-        factors = getattr(dataset, "scale_factors", None)  # multiscale: pool sampling, pixels weighed by area
-        self._factors = None if factors is None else torch.tensor(factors, dtype=torch.float32, device=self.device)
+        self._factors, self._image_weights = self._multiscale_sampling(dataset)
         self._order: tuple[int, list[int]] = (-1, [])  # the current epoch's image order
+
+    def _multiscale_sampling(self, dataset) -> tuple[Tensor | None, Tensor | None]:
+        """(per-image loss-weight factors f [n] or None, the training images' draw weights or None)
+        for ``dataset.scale_sampling``: ``balanced`` draws each scale equally often, its pixels
+        alike, unweighted; ``area`` draws every pixel alike and weighs it by its area f^2
+        (mip-NeRF's: the same expected loss, but a 1/8 scale gets 1/85 of the rays instead of a
+        quarter, each weighing 64, so its gradient is far noisier); ``image`` draws each image
+        equally often and weighs by f^2 (PyNeRF's)."""
+        factors = getattr(dataset, "scale_factors", None)
+        if factors is None:
+            return None, None
+        mode = getattr(dataset, "scale_sampling", "balanced")
+        f = torch.tensor(factors, dtype=torch.float64)
+        cams, idx = dataset.cameras, self._train_indices
+        pixels = (cams.width[idx] * cams.height[idx]).double()
+        if mode == "image":
+            draw = torch.ones_like(pixels)
+        elif mode == "balanced":
+            per = f[idx]
+            totals = {float(k): float(pixels[per == k].sum()) for k in per.unique()}
+            draw = pixels / torch.tensor([totals[float(k)] for k in per])
+            return None, draw
+        elif mode == "area":
+            draw = pixels
+        else:
+            raise ValueError(f"scale sampling must be area, balanced or image, got {mode!r}")
+        return f.float().to(self.device), draw
 
     # ------------------------------------------------------------------ pieces
     def camera(self, i: int) -> Cameras:
@@ -157,7 +184,7 @@ class TrainingData:
 
     def ray_batch(self, step: int, n: int, generator: torch.Generator) -> Batch:
         """``n`` rays through random pixels of random training images (drawn from ``generator``)."""
-        cam, x, y = sample_pixels(self.ds.cameras, self._train_indices, n, generator, by_pixel=self._factors is not None)
+        cam, x, y = sample_pixels(self.ds.cameras, self._train_indices, n, generator, image_weights=self._image_weights)
         cam, x, y = to_device_async(torch.stack([cam, x, y]), self.device)  # drawn on the host: one copy, queued
         rays = pixel_rays(self.cameras, cam, x, y)
         bg = self.background(step)

@@ -1,9 +1,9 @@
 """Random pixel batches across training images, and the rays through them.
 
 A NeRF-style model trains on a batch of rays drawn from many images at once. Each ray first picks
-one of the training images uniformly, then a pixel uniformly inside that image, so images of
-different sizes are equally likely (a pixel of a small image is drawn more often than a pixel of a
-large one). Rays go through pixel centres ``(x + 0.5, y + 0.5)`` in the OpenCV convention of
+one of the training images (uniformly unless told otherwise), then a pixel uniformly inside that
+image, so images of different sizes are equally likely (a pixel of a small image is drawn more
+often than a pixel of a large one). Rays go through pixel centres ``(x + 0.5, y + 0.5)`` in the OpenCV convention of
 :mod:`scene3d.cameras`, distortion included.
 """
 
@@ -20,11 +20,13 @@ from scene3d.cameras import Cameras
 
 
 def sample_pixels(
-    cameras: Cameras, camera_indices: list[int] | Tensor, n: int, generator: torch.Generator, by_pixel: bool = False
+    cameras: Cameras, camera_indices: list[int] | Tensor, n: int, generator: torch.Generator, by_pixel: bool = False,
+    image_weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Draws ``n`` random pixels from the images of ``camera_indices``: an image uniformly, then a
-    pixel of it; with ``by_pixel``, uniformly from all their pixels together (an image as often as
-    its share of the pixels: mip-NeRF's multiscale sampling).
+    """Draws ``n`` random pixels from the images of ``camera_indices``: an image, then a pixel of
+    it uniformly. Images are drawn uniformly; with ``by_pixel`` in proportion to their pixel counts
+    (every pixel of every image alike: mip-NeRF's multiscale sampling); with ``image_weights`` in
+    proportion to those.
 
     Args:
         cameras: all cameras of the scene.
@@ -32,6 +34,7 @@ def sample_pixels(
             an int64 tensor on the host (made once by a caller that draws every step).
         n: number of pixels.
         generator: the random stream (its device is where the drawing happens).
+        image_weights: [len(camera_indices)] non-negative, not all zero: relative chance of each image.
     Returns:
         cam: [n] int64 camera indices (values from ``camera_indices``),
         x: [n] int64 columns in [0, width), y: [n] int64 rows in [0, height);
@@ -46,14 +49,16 @@ def sample_pixels(
     assert host.min() >= 0 and host.max() < len(cameras), f"camera_indices must lie in [0, {len(cameras)}), got {camera_indices}"
     indices = (camera_indices if given else torch.from_numpy(host)).to(dev, torch.int64)
     if by_pixel:
-        w = cameras.width.to(dev)[indices]
-        ends = torch.cumsum(w * cameras.height.to(dev)[indices], 0)
-        flat = torch.randint(int(ends[-1]), (n,), generator=generator, device=dev)
-        pick = torch.searchsorted(ends, flat, right=True)
-        flat = flat - (ends[pick] - w[pick] * cameras.height.to(dev)[indices][pick])
-        out = cameras.device
-        return indices[pick].to(out), (flat % w[pick]).to(out), (flat // w[pick]).to(out)
-    pick = torch.randint(len(indices), (n,), generator=generator, device=dev)
+        assert image_weights is None, "by_pixel and image_weights are two ways of weighing images: give one"
+        image_weights = (cameras.width.to(dev)[indices] * cameras.height.to(dev)[indices]).double()
+    if image_weights is None:
+        pick = torch.randint(len(indices), (n,), generator=generator, device=dev)
+    else:
+        w = image_weights.to(dev, torch.float64)
+        assert w.shape == indices.shape and bool((w >= 0).all()) and float(w.sum()) > 0, "image_weights: one non-negative weight per image, not all zero"
+        ends = torch.cumsum(w, 0)
+        u = torch.rand(n, generator=generator, device=dev, dtype=torch.float64) * ends[-1]
+        pick = torch.searchsorted(ends, u, right=True).clamp(max=len(indices) - 1)
     cam = indices[pick]
     w = cameras.width.to(dev)[cam]
     h = cameras.height.to(dev)[cam]
