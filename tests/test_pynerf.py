@@ -123,3 +123,37 @@ def test_pynerf_checkpoint_keeps_its_level_ranges_and_renders_the_same(py_run, t
     out = tmp_path / "cloud.ply"
     assert cli("export", str(py_run), "--format", "points", "-o", str(out), "--num-points", "300").returncode == 0
     assert out.stat().st_size > 300 * 15
+
+
+def test_pynerf_resume_on_multiscale_data_equals_uninterrupted_and_renders_an_orbit(tmp_path):
+    from scene3d.data.config import DataConfig
+    from scene3d.densify import STRATEGIES
+    from scene3d.train.config import TrainConfig
+    from scene3d.train.setup import create_trainer
+    from tests.synthetic import write_synthetic_scene
+
+    scene = write_synthetic_scene(tmp_path / "scene", n_views=6, width=32, height=24, points=False)
+    cfg = _tiny(lr_delay_steps=5)
+
+    def trainer(out, resume=False):
+        return create_trainer(scene, out, "pynerf", cfg, "none", STRATEGIES["none"](), DataConfig(multiscale=True),
+                              TrainConfig(max_steps=24, save_every=0, log_every=4, resume=resume))  # fmt: skip
+
+    straight = trainer(tmp_path / "a")
+    straight.fit()
+    interrupted = trainer(tmp_path / "b")
+    for _ in range(11):
+        interrupted.train_step()
+    interrupted.save()  # as the periodic checkpoint would; the process then dies
+    del interrupted
+    resumed = trainer(tmp_path / "b", resume=True)
+    assert resumed.step == 11
+    resumed.fit()
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert set(a) == set(b) and {"nerf.level_min", "nerf.level_max"} <= set(a)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0, msg=name)
+    video = tmp_path / "orbit.mp4"
+    r = cli("render", str(tmp_path / "b"), "--path", "orbit", "--frames", "3", "-o", str(video))
+    assert r.returncode == 0, r.stderr
+    assert video.stat().st_size > 1000

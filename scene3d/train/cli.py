@@ -123,9 +123,10 @@ def run_training(scene, output, model_name, model_cfg, strategy_name, strategy, 
     console = Console()
     trainer = create_trainer(Path(scene), Path(output), model_name, model_cfg, strategy_name, strategy, data_cfg, train_cfg)
     ds = trainer.ds
+    scales = "" if ds.scale_factors is None else f" and 1/{', 1/'.join(str(f) for f in sorted(set(ds.scale_factors)) if f > 1)} of it ({ds.scale_sampling} scale sampling)"
     console.print(
         f"[bold]scene3d train[/] {model_name} + {strategy_name} on {ds.root} ({ds.format}, {len(ds.train_indices)} train / "
-        f"{len(ds.test_indices)} test images at {int(ds.cameras.width[0])}x{int(ds.cameras.height[0])}), "
+        f"{len(ds.test_indices)} test images at {int(ds.cameras.width[0])}x{int(ds.cameras.height[0])}{scales}), "
         f"{trainer.model.describe()} at the start, device {trainer.device}"
         + (f", resuming at step {trainer.step}" if train_cfg.resume else "")
     )
