@@ -59,9 +59,31 @@ def test_the_two_bracketing_heads_are_blended_linearly_with_weights_summing_to_o
         for k, head in enumerate(field.heads):
             head[-1].weight.zero_()
             head[-1].bias.fill_(float(k))
-    raw = field.blend(torch.randn(len(levels), 16), levels)
+    raw = field.blend(torch.randn(len(levels), 16), levels, torch.rand(len(levels), 3))
     torch.testing.assert_close(raw[:, 0], levels.clamp(0, heads - 1))
     torch.testing.assert_close(raw[:, 1:], levels.clamp(0, heads - 1)[:, None].expand(-1, raw.shape[1] - 1))
+
+
+def test_without_a_shared_grid_each_head_reads_its_own_grid_capped_at_its_scale():
+    from scene3d.models.pynerf import PyramidField, head_grid_levels
+
+    cfg = _tiny(share_grid=False, grid_levels=8, nerf_max_resolution=1024, min_resolution=16, heads=4)
+    # the shared grid would grow 16 -> 1024 by 2^(6/7) a level; head k stops at 1024 / 2^(3 - k)
+    got = head_grid_levels(cfg)
+    assert [n for n, _ in got] == [4, 5, 6, 8]
+    for k, (n, res) in enumerate(got):
+        assert res <= 1024 / 2 ** (3 - k) * (1 + 1e-6) and res * 2 ** (6 / 7) > 1024 / 2 ** (3 - k)
+    field = PyramidField(cfg)
+    assert field.grid is None and [g.levels for g in field.grids()] == [4, 5, 6, 8]
+    assert [h[0].in_features for h in field.heads] == [n * cfg.grid_features for n, _ in got]
+    # a sample at level 1 exactly is head 1's alone: only its grid and MLP get gradients
+    x01 = torch.rand(5, 3)
+    field.blend(None, torch.full((5,), 1.0), x01).square().sum().backward()
+    touched = [k for k, g in enumerate(field.head_grids) if g.params.grad is not None and float(g.params.grad.abs().sum()) > 0]
+    assert touched == [1]
+    assert [k for k, h in enumerate(field.heads) if h[0].weight.grad is not None] == [1]
+    # a scale coarser than the grid's minimum resolution keeps one level
+    assert head_grid_levels(_tiny(share_grid=False, heads=8, nerf_max_resolution=256))[0] == (1, 16.0)
 
 
 def test_rendering_clamps_levels_to_what_each_cell_trained_and_unseen_cells_use_the_finest_head():

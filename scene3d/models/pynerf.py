@@ -59,6 +59,11 @@ class PyNeRFConfig(ZipNeRFConfig):
     """Hidden layers of the colour MLP."""
     level_resolution: int = 128
     """Cells per axis of the grid that records the levels trained in each cell."""
+    share_grid: bool = True
+    """One hash grid read by every head (the reference's default); off: each head its own grid,
+    head k's reaching resolution ``nerf_max_resolution / 2^(heads - 1 - k)`` with the shared grid's
+    growth factor (its finest levels dropped), so a coarse head cannot see finer detail than its
+    scale holds (the paper's pyramid of grids)."""
     data_loss: str = "mse"
     """``mse`` (the reference's) or ``charbonnier`` (Zip-NeRF's)."""
     distortion_space: str = "normalised"
@@ -126,6 +131,20 @@ def level_weights(level: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
     return lo, hi, torch.where(hi == lo, torch.zeros_like(frac), frac)
 
 
+def head_grid_levels(cfg: PyNeRFConfig) -> list[tuple[int, float]]:
+    """(levels, maximum resolution) of each head's own grid: head k reaches ``R / 2^(heads - 1 - k)``
+    (at least the grid's minimum resolution) with the levels of the full grid up to there, the
+    coarsest at least."""
+    full = float(cfg.nerf_max_resolution)
+    growth = (full / cfg.min_resolution) ** (1.0 / max(cfg.grid_levels - 1, 1)) if cfg.grid_levels > 1 else 1.0
+    out = []
+    for k in range(cfg.heads):
+        res = max(full / 2.0 ** (cfg.heads - 1 - k), float(cfg.min_resolution))
+        n = cfg.grid_levels if growth <= 1.0 else min(cfg.grid_levels, 1 + int(math.floor(math.log(res / cfg.min_resolution) / math.log(growth) + 1e-6)))
+        out.append((n, cfg.min_resolution * growth ** (n - 1)))
+    return out
+
+
 class PyramidField(nn.Module):
     """The NeRF round of PyNeRF: one hash grid, ``heads`` density MLPs blended by level, one colour MLP."""
 
@@ -133,11 +152,15 @@ class PyramidField(nn.Module):
         super().__init__()
         from scene3d.renderers.rays.hashgrid import HashGrid, HashGridConfig
 
-        self.grid = HashGrid(HashGridConfig(levels=cfg.grid_levels, features_per_level=cfg.grid_features, log2_table_size=cfg.log2_table_size,
-                                            min_resolution=cfg.min_resolution, max_resolution=cfg.nerf_max_resolution, backend=cfg.grid_backend))  # fmt: skip
-        width = cfg.grid_levels * cfg.grid_features
+        def grid(levels: int, max_resolution: float) -> HashGrid:
+            return HashGrid(HashGridConfig(levels=levels, features_per_level=cfg.grid_features, log2_table_size=cfg.log2_table_size,
+                                           min_resolution=cfg.min_resolution, max_resolution=int(round(max_resolution)), backend=cfg.grid_backend))  # fmt: skip
+
+        self.grid = grid(cfg.grid_levels, cfg.nerf_max_resolution) if cfg.share_grid else None
+        self.head_grids = None if cfg.share_grid else nn.ModuleList(grid(n, r) for n, r in head_grid_levels(cfg))
+        widths = [g.levels * cfg.grid_features for g in self.grids()] if not cfg.share_grid else [cfg.grid_levels * cfg.grid_features] * cfg.heads
         self.heads = nn.ModuleList(
-            nn.Sequential(nn.Linear(width, cfg.head_width), nn.ReLU(), nn.Linear(cfg.head_width, 1 + cfg.geo_features)) for _ in range(cfg.heads)
+            nn.Sequential(nn.Linear(width, cfg.head_width), nn.ReLU(), nn.Linear(cfg.head_width, 1 + cfg.geo_features)) for width in widths
         )
         layers, w = [], 16 + cfg.geo_features
         for _ in range(cfg.colour_depth):
@@ -154,6 +177,10 @@ class PyramidField(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
                 nn.init.zeros_(m.bias)
+
+    def grids(self) -> tuple:
+        """The hash grids this field reads (hash decay, reports)."""
+        return (self.grid,) if self.grid is not None else tuple(self.head_grids)
 
     def levels(self, footprint: Tensor, extent: float) -> Tensor:
         """Continuous levels of samples whose footprints are ``footprint`` (world units) on a grid
@@ -188,7 +215,8 @@ class PyramidField(nn.Module):
         if crop is not None:
             within = crop_share(points, crop).reshape(-1)
             inside = within if inside is None else inside * within
-        feats = self.grid(x01.clamp(0.0, 1.0))
+        x01 = x01.clamp(0.0, 1.0)
+        feats = self.grid(x01) if self.grid is not None else None
         lvl = self.levels(scales.reshape(-1), extent)
         if level is not None:
             lvl = torch.full_like(lvl, float(level))
@@ -196,7 +224,7 @@ class PyramidField(nn.Module):
             self.record(self.cell_index(x01), lvl)
         elif clamp:
             lvl = self.clamp_to_trained(self.cell_index(x01), lvl)
-        raw = self.blend(feats, lvl)
+        raw = self.blend(feats, lvl, x01)
         sigma = torch.exp(torch.clamp(raw[:, 0] + self.density_bias, max=30.0))
         if inside is not None:
             sigma = sigma * inside
@@ -207,9 +235,10 @@ class PyramidField(nn.Module):
         rgb = torch.sigmoid(self.colour(torch.cat([sh, raw[:, 1:]], dim=-1)))
         return sigma, (rgb * (1.0 + 2.0 * 1e-3) - 1e-3).view(n, s, 3)
 
-    def blend(self, feats: Tensor, level: Tensor) -> Tensor:
+    def blend(self, feats: Tensor | None, level: Tensor, x01: Tensor) -> Tensor:
         """[M, 1 + geo] the heads' raw outputs blended by ``level`` [M]; each head runs only on the
-        samples it has weight for (two per sample at most)."""
+        samples it has weight for (two per sample at most), on the shared grid's features ``feats``
+        or (None) its own grid's at ``x01``."""
         lo, hi, frac = level_weights(level, self.num_heads)
         out = None
         for k, head in enumerate(self.heads):
@@ -217,12 +246,12 @@ class PyramidField(nn.Module):
             idx = (w > 0).nonzero()[:, 0]
             if len(idx) == 0:
                 continue
-            part = head(feats[idx]) * w[idx, None]
+            part = head(feats[idx] if feats is not None else self.head_grids[k](x01[idx])) * w[idx, None]
             if out is None:
-                out = torch.zeros(len(feats), part.shape[1], device=feats.device, dtype=part.dtype)
+                out = torch.zeros(len(level), part.shape[1], device=level.device, dtype=part.dtype)
             out = out.index_add(0, idx, part)
         if out is None:  # no samples
-            out = torch.zeros(len(feats), self.heads[0][-1].out_features, device=feats.device, dtype=feats.dtype)
+            out = torch.zeros(len(level), self.heads[0][-1].out_features, device=level.device, dtype=x01.dtype)
         return out
 
 

@@ -248,6 +248,10 @@ class _Field(nn.Module):
         scale_feat = scale_feat.view(n, s, k, levels, 1).mean(dim=2)
         return PRECONDITION * torch.cat([feats, scale_feat], dim=-1).view(n, s, levels * (self.grid.features_per_level + 1)), inside
 
+    def grids(self) -> tuple:
+        """The hash grids this field reads (hash decay)."""
+        return (self.grid,)
+
     def forward(self, points: Tensor, scales: Tensor, dirs: Tensor | None = None, box: Tensor | None = None, *,
                 levels_shown: int | None = None, crop: Tensor | None = None) -> tuple[Tensor, Tensor | None]:  # fmt: skip
         """(density [N, S] per unit distance, rgb [N, S, 3] or None) of the intervals; with a
@@ -484,8 +488,9 @@ class ZipNeRFModel(Representation):
         if self.hash_decay > 0:
             decay = 0.0
             for fld in (*self.proposals, self.nerf):
-                for level in range(fld.grid.levels):
-                    decay = decay + 0.5 * fld.grid.level_params(level).square().mean()
+                for grid in fld.grids():
+                    for level in range(grid.levels):
+                        decay = decay + 0.5 * grid.level_params(level).square().mean()
             terms["hash_decay"] = self.hash_decay * decay
         return terms
 
@@ -520,7 +525,7 @@ class ZipNeRFModel(Representation):
         return f"zipnerf {sum(p.numel() for p in self.parameters()) / 1e6:.1f}M parameters"
 
     def controls(self) -> list[Control]:
-        c, levels = self.cfg, self.nerf.grid.levels
+        c = self.cfg
         return [
             Control("nerf_samples", "NeRF samples", "slider", c.nerf_samples, 4, max(128, c.nerf_samples), 4,
                     hint="Samples per ray in the last (coloured) round: fewer draw faster and blur depth."),
