@@ -20,6 +20,7 @@ _BUILTIN: dict[str, str] = {
     "slimmerf": "scene3d.models.slimmerf:SlimmeRFModel",
     "zipnerf": "scene3d.models.zipnerf:ZipNeRFModel",
     "pynerf": "scene3d.models.pynerf:PyNeRFModel",
+    "scaffold": "scene3d.models.scaffold:ScaffoldModel",
 }
 DEFAULT_MODEL = "3dgs"
 """What ``scene3d train`` trains without ``--model``, and what the demo and ``bench densify`` use."""
