@@ -439,7 +439,44 @@ def bench_rays(
         print_table(result)
 
 
-BENCH_COMMANDS = {"rasterize": bench_rasterize, "densify": bench_densify, "export": bench_export, "view": bench_view, "slim": bench_slim, "train-step": bench_train_step,
+def bench_models(
+    scene: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="SCENE")],
+    output: Annotated[Path, tyro.conf.arg(aliases=("-o",))] = Path("runs/bench_models"),
+    models: tuple[str, ...] = ("3dgs", "scaffold"),
+    presets: tuple[str, ...] = ("short", "cpu"),
+    time_budget: float = 1200.0,
+    max_steps: int = 0,
+    downscale: int = 1,
+    seed: int = 0,
+    overwrite: bool = False,
+    json_out: Annotated[bool, tyro.conf.arg(name="json")] = False,
+) -> None:
+    """Trains each representation on SCENE with the same seed, step limit and time budget and
+    prints test PSNR, SSIM, steps, primitives, checkpoint size, exported PLY size and the PLY's own
+    test PSNR (plot in OUTPUT/bench_models.png).
+
+    Args:
+        scene: a scene folder (any format `scene3d info` reads).
+        output: folder for one run and one PLY per model, bench_models.json and bench_models.png.
+        models: the representations to compare.
+        presets: one preset per model (or one for all).
+        time_budget: training seconds per model (evaluation excluded).
+        max_steps: step limit shared by every model, each preset's schedule scaled to it (0: each preset's own).
+        downscale: image downscale factor.
+        seed: seed shared by every run.
+        overwrite: replace runs already in OUTPUT.
+        json_out: print JSON records instead of a table.
+    """
+    from scene3d.bench.models import print_table, run_bench
+
+    rows = run_bench(scene, output, models, presets, time_budget, max_steps, downscale, seed, overwrite)
+    if json_out:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_table(rows, scene)
+
+
+BENCH_COMMANDS = {"rasterize": bench_rasterize, "models": bench_models, "densify": bench_densify, "export": bench_export, "view": bench_view, "slim": bench_slim, "train-step": bench_train_step,
                   "rays": bench_rays}  # fmt: skip
 
 

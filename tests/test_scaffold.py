@@ -187,3 +187,21 @@ def test_strategies_refuse_scaffold(tmp_path):
     scene = write_synthetic_scene(tmp_path / "scene", n_views=4, width=16, height=16)
     r = cli("train", str(scene), "-o", str(tmp_path / "run"), "--model", "scaffold", "--strategy", "mcmc", "--max-steps", "1")
     assert r.returncode == 2 and "--strategy none" in r.stderr + r.stdout
+
+
+def test_bench_models_compares_3dgs_and_scaffold_as_runs_and_files(tmp_path, capsys):
+    from scene3d.cli import main
+    from tests.synthetic import write_synthetic_scene
+
+    scene = write_synthetic_scene(tmp_path / "scene", n_views=8, width=32, height=24)
+    out = tmp_path / "bench"
+    assert main(["bench", "models", str(scene), "-o", str(out), "--max-steps", "30", "--time-budget", "0", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in rows] == ["3dgs", "scaffold"] and [r["steps"] for r in rows] == [30, 30]
+    for r in rows:
+        assert r["checkpoint_bytes"] == (out / r["model"] / "checkpoints" / "latest.pt").stat().st_size
+        assert r["ply_bytes"] == (out / f"{r['model']}.ply").stat().st_size
+    assert rows[0]["ply_psnr"] == pytest.approx(rows[0]["psnr"], abs=0.01)  # 3dgs's PLY is the model itself
+    assert rows[1]["num_children"] == rows[1]["num_anchors"] * 10
+    assert abs(rows[1]["ply_psnr"] - rows[1]["psnr"]) < 1.0
+    assert (out / "bench_models.png").stat().st_size > 0

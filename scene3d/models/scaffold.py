@@ -104,7 +104,8 @@ PRESETS: dict[str, dict] = {
     # two CPU cores, 20 minutes: the reference's growth rhythm compressed to 4,000 steps
     "cpu": {
         "train": {"max_steps": 4000},
-        "model": {"start_stat": 200, "update_from": 500, "update_interval": 100, "update_until": 3000},
+        # 25,000 random points where the scene has none (fox: 23k anchors, 0.28 s a step at 1/4 size, against 0.51 s for 100,000)
+        "model": {"start_stat": 200, "update_from": 500, "update_interval": 100, "update_until": 3000, "random_init": 25_000},
     },
 }
 
