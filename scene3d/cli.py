@@ -442,8 +442,8 @@ def bench_rays(
 def bench_models(
     scene: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="SCENE")],
     output: Annotated[Path, tyro.conf.arg(aliases=("-o",))] = Path("runs/bench_models"),
-    models: tuple[str, ...] = ("3dgs", "scaffold"),
-    presets: tuple[str, ...] = ("short", "cpu"),
+    models: tuple[str, ...] = (),
+    presets: tuple[str, ...] = ("cpu",),
     time_budget: float = 1200.0,
     max_steps: int = 0,
     downscale: int = 1,
@@ -458,8 +458,8 @@ def bench_models(
     Args:
         scene: a scene folder (any format `scene3d info` reads).
         output: folder for one run and one PLY per model, bench_models.json and bench_models.png.
-        models: the representations to compare.
-        presets: one preset per model (or one for all).
+        models: the representations to compare (default: every one that bakes to Gaussians, 3dgs and scaffold).
+        presets: one preset per model, or one for all (each model's two-CPU-core recipe by default).
         time_budget: training seconds per model (evaluation excluded).
         max_steps: step limit shared by every model, each preset's schedule scaled to it (0: each preset's own).
         downscale: image downscale factor.

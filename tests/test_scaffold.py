@@ -195,7 +195,7 @@ def test_bench_models_compares_3dgs_and_scaffold_as_runs_and_files(tmp_path, cap
 
     scene = write_synthetic_scene(tmp_path / "scene", n_views=8, width=32, height=24)
     out = tmp_path / "bench"
-    assert main(["bench", "models", str(scene), "-o", str(out), "--max-steps", "30", "--time-budget", "0", "--json"]) == 0
+    assert main(["bench", "models", str(scene), "-o", str(out), "--models", "3dgs", "scaffold", "--max-steps", "30", "--time-budget", "0", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["model"] for r in rows] == ["3dgs", "scaffold"] and [r["steps"] for r in rows] == [30, 30]
     for r in rows:
@@ -205,3 +205,35 @@ def test_bench_models_compares_3dgs_and_scaffold_as_runs_and_files(tmp_path, cap
     assert rows[1]["num_children"] == rows[1]["num_anchors"] * 10
     assert abs(rows[1]["ply_psnr"] - rows[1]["psnr"]) < 1.0
     assert (out / "bench_models.png").stat().st_size > 0
+
+
+def test_scaffold_resume_after_growth_equals_uninterrupted(tmp_path):
+    from scene3d.data.config import DataConfig
+    from scene3d.densify import STRATEGIES
+    from scene3d.models.scaffold import ScaffoldConfig
+    from scene3d.train.config import TrainConfig
+    from scene3d.train.setup import create_trainer
+    from tests.synthetic import write_synthetic_scene
+
+    scene = write_synthetic_scene(tmp_path / "scene", n_views=6, width=32, height=24)
+    cfg = ScaffoldConfig(n_offsets=4, feat_dim=8, hidden=8, start_stat=2, update_from=5, update_interval=6, update_until=40, grad_threshold=1e-6)
+
+    def trainer(out, resume=False):
+        return create_trainer(scene, out, "scaffold", cfg, "none", STRATEGIES["none"](), DataConfig(), TrainConfig(max_steps=30, save_every=0, log_every=5, resume=resume))
+
+    straight = trainer(tmp_path / "a")
+    n0 = straight.model.num_anchors
+    straight.fit()
+    assert straight.model.num_anchors != n0  # it grew (or pruned) on the way
+    interrupted = trainer(tmp_path / "b")
+    for _ in range(13):  # past two growth rounds
+        interrupted.train_step()
+    interrupted.save()
+    del interrupted
+    resumed = trainer(tmp_path / "b", resume=True)
+    assert resumed.step == 13
+    resumed.fit()
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert set(a) == set(b)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)

@@ -1,7 +1,8 @@
-"""``scene3d bench models SCENE --models 3dgs scaffold``: representations trained on one scene with
+"""``scene3d bench models SCENE [--models ...]``: representations trained on one scene with
 the same seed, step limit and training-time budget, compared on the test split and as files.
 
-Each model trains with its own preset (``--presets``, one per model; the preset's step-valued
+The models default to every representation that bakes to Gaussians (3DGS and Scaffold-GS). Each
+trains with its preset (``--presets``, one per model or one for all, ``cpu`` by default; the step-valued
 schedule scaled to ``--max-steps`` when given), the same seed, image order, step limit and time
 budget (evaluation and checkpoints are not counted). Per model: test PSNR and SSIM, primitives
 (Gaussians, or anchors and the children they decode), the checkpoint's size, the exported PLY's
@@ -22,17 +23,15 @@ from pathlib import Path
 from scene3d.errors import Scene3dError
 
 
-def run_bench(scene: Path, output: Path, models: tuple[str, ...] = ("3dgs", "scaffold"), presets: tuple[str, ...] = ("short", "cpu"),
+def run_bench(scene: Path, output: Path, models: tuple[str, ...] = (), presets: tuple[str, ...] = ("cpu",),
               time_budget: float = 1200.0, max_steps: int = 0, downscale: int = 1, seed: int = 0, overwrite: bool = False) -> list[dict]:  # fmt: skip
     from rich.console import Console
 
     from scene3d.bench.densify import scale_schedule
-    from scene3d.models import get_model
+    from scene3d.models import get_model, model_names
     from scene3d.train.cli import build_args_class
 
-    models, presets = tuple(models), tuple(presets)
-    if not models:
-        raise Scene3dError("no models to compare (--models is empty)")
+    models, presets = tuple(models) or tuple(m for m in model_names() if get_model(m).caps.gaussians), tuple(presets)
     if len(presets) == 1:
         presets = presets * len(models)
     if len(presets) != len(models):

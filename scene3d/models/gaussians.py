@@ -83,6 +83,9 @@ PRESETS: dict[str, dict] = {
 }
 
 
+PRESETS["cpu"] = PRESETS["short"]  # the two-CPU-core recipe every representation offers under this name (bench models)
+
+
 def _knn_mean_distance(points: np.ndarray, k: int = 3) -> np.ndarray:
     from scipy.spatial import cKDTree
 
