@@ -68,12 +68,7 @@ def run_bench(
     if time_budget <= 0 and max_steps <= 0:
         raise Scene3dError("give a positive --time-budget or --max-steps")
     output = Path(output)
-    runs = {name: output / name for name in strategies}
-    taken = [p for p in runs.values() if p.exists() and any(p.iterdir())]
-    if taken and not overwrite:
-        raise Scene3dError(f"{taken[0]} already holds a run; choose another --output or add --overwrite")
-    for p in taken:
-        shutil.rmtree(p)
+    runs = claim_run_folders(output, strategies, overwrite)
 
     rows: list[dict] = []
     shared_cap = cap_max if cap_max > 0 else None
@@ -112,6 +107,17 @@ def run_bench(
     (output / "bench_densify.json").write_text(json.dumps({"settings": meta, "results": rows}, indent=2))
     plot_bench(rows, output / "bench_densify.png")
     return rows
+
+
+def claim_run_folders(output: Path, names, overwrite: bool) -> dict[str, Path]:
+    """``output / name`` for each name; folders already holding a run are refused, or emptied with ``overwrite``."""
+    runs = {name: Path(output) / name for name in names}
+    taken = [p for p in runs.values() if p.exists() and any(p.iterdir())]
+    if taken and not overwrite:
+        raise Scene3dError(f"{taken[0]} already holds a run; choose another --output or add --overwrite")
+    for p in taken:
+        shutil.rmtree(p)
+    return runs
 
 
 def scale_schedule(args, max_steps: int, model_schedule_fields: tuple[str, ...] = ()) -> None:

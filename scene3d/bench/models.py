@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ def run_bench(scene: Path, output: Path, models: tuple[str, ...] = (), presets: 
               time_budget: float = 1200.0, max_steps: int = 0, downscale: int = 1, seed: int = 0, overwrite: bool = False) -> list[dict]:  # fmt: skip
     from rich.console import Console
 
-    from scene3d.bench.densify import scale_schedule
+    from scene3d.bench.densify import claim_run_folders, scale_schedule
     from scene3d.models import get_model, model_names
     from scene3d.train.cli import build_args_class
 
@@ -42,12 +41,7 @@ def run_bench(scene: Path, output: Path, models: tuple[str, ...] = (), presets: 
         raise Scene3dError("give a positive --time-budget or --max-steps")
     classes = {m: get_model(m) for m in models}
     output = Path(output)
-    runs = {m: output / m for m in models}
-    taken = [p for p in runs.values() if p.exists() and any(p.iterdir())]
-    if taken and not overwrite:
-        raise Scene3dError(f"{taken[0]} already holds a run; choose another --output or add --overwrite")
-    for p in taken:
-        shutil.rmtree(p)
+    runs = claim_run_folders(output, models, overwrite)
     console = Console(stderr=True)
     rows = []
     for name, preset in zip(models, presets):

@@ -153,6 +153,22 @@ def points_in_box(points: Tensor, lo, hi) -> Tensor:
     return ((p >= lo) & (p <= hi)).all(-1)
 
 
+def log_lerp(a: float, b: float, step: int, max_steps: int) -> float:
+    """``a`` at step 0 to ``b`` at ``max_steps``, log-linearly (an exponential decay); clamped outside."""
+    t = min(max(step / max(max_steps, 1), 0.0), 1.0)
+    return math.exp((1 - t) * math.log(a) + t * math.log(b))
+
+
+def random_scene_points(dataset, n: int, extent_factor: float, rng: np.random.Generator) -> np.ndarray:
+    """[n, 3] points uniform in a cube of half-size ``extent_factor`` times the scene radius,
+    narrowed to the scene box where the dataset has a tighter one (initialisation without sparse points)."""
+    extent = extent_factor * max(dataset.scene_radius(), 1e-3)
+    lo, hi = -extent * np.ones(3), extent * np.ones(3)
+    if dataset.aabb is not None:  # the scene box, where it is tighter than the camera region
+        lo, hi = np.maximum(lo, dataset.aabb[0]), np.minimum(hi, dataset.aabb[1])
+    return rng.uniform(lo, hi, size=(n, 3))
+
+
 def focus_of_points(points: Tensor) -> tuple[np.ndarray, float] | None:
     """(centre, radius) of a point cloud: the median and the 90th-percentile distance to it."""
     if points.shape[0] == 0:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from scene3d.cameras import Cameras
 from scene3d.metrics import photometric_loss
-from scene3d.models.base import Caps, Control, GaussianSet, Representation, focus_of_points, points_in_box
+from scene3d.models.base import Caps, Control, GaussianSet, Representation, focus_of_points, log_lerp, points_in_box, random_scene_points
 
 
 @dataclass
@@ -144,11 +144,7 @@ class GaussianModel(Representation):
         if dataset.points is not None and len(dataset.points) > 0:
             return cls.from_points(dataset.points, dataset.point_colors, cfg, scene_scale)
         rng = np.random.default_rng(seed)
-        extent = cfg.random_init_extent * max(dataset.scene_radius(), 1e-3)
-        lo, hi = -extent * np.ones(3), extent * np.ones(3)
-        if dataset.aabb is not None:  # the scene box, where it is tighter than the camera region
-            lo, hi = np.maximum(lo, dataset.aabb[0]), np.minimum(hi, dataset.aabb[1])
-        pts = rng.uniform(lo, hi, size=(cfg.random_init, 3))
+        pts = random_scene_points(dataset, cfg.random_init, cfg.random_init_extent, rng)
         return cls.from_points(pts, rng.uniform(size=(cfg.random_init, 3)), cfg, scene_scale)
 
     @classmethod
@@ -183,9 +179,7 @@ class GaussianModel(Representation):
 
     def schedule(self, step: int, max_steps: int) -> None:
         """Exponential decay of the position learning rate from ``means_lr`` to ``means_lr_final``."""
-        t = min(max(step / max(max_steps, 1), 0.0), 1.0)
-        c = self.cfg
-        lr = math.exp((1 - t) * math.log(c.means_lr) + t * math.log(c.means_lr_final)) * self.scene_scale
+        lr = log_lerp(self.cfg.means_lr, self.cfg.means_lr_final, step, max_steps) * self.scene_scale
         for group in self.optimizers["means"].param_groups:
             group["lr"] = lr
 

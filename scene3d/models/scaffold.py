@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from scene3d.cameras import Cameras
 from scene3d.metrics import photometric_loss
-from scene3d.models.base import Caps, Control, GaussianSet, Representation, focus_of_points, points_in_box
+from scene3d.models.base import Caps, Control, GaussianSet, Representation, focus_of_points, log_lerp, points_in_box, random_scene_points
 
 
 @dataclass
@@ -186,12 +186,7 @@ class ScaffoldModel(Representation):
         scene_scale = dataset.scene_radius() * 1.1
         if dataset.points is not None and len(dataset.points) > 0:
             return cls.from_points(dataset.points, cfg, scene_scale)
-        rng = np.random.default_rng(seed)
-        extent = cfg.random_init_extent * max(dataset.scene_radius(), 1e-3)
-        lo, hi = -extent * np.ones(3), extent * np.ones(3)
-        if dataset.aabb is not None:
-            lo, hi = np.maximum(lo, dataset.aabb[0]), np.minimum(hi, dataset.aabb[1])
-        return cls.from_points(rng.uniform(lo, hi, size=(cfg.random_init, 3)), cfg, scene_scale)
+        return cls.from_points(random_scene_points(dataset, cfg.random_init, cfg.random_init_extent, np.random.default_rng(seed)), cfg, scene_scale)
 
     @classmethod
     def from_state(cls, state: dict, cfg: ScaffoldConfig) -> "ScaffoldModel":
@@ -205,12 +200,10 @@ class ScaffoldModel(Representation):
         if not (math.isfinite(voxel) and voxel > 0 and math.isfinite(scale) and scale > 0):
             raise ValueError("voxel_size and scene_scale must be positive numbers")
         model = cls(p["anchors"].cpu(), cfg, voxel, scale)
-        with torch.no_grad():
-            for key in shapes:
-                model.params[key].copy_(p[key])
-        missing, unexpected = model.load_state_dict({**{f"params.{k}": v for k, v in p.items()}, **state["modules"]}, strict=False)
-        if [m for m in missing if not m.startswith("params.")] or unexpected:
-            raise ValueError(f"the MLPs do not match this configuration (missing {missing}, unexpected {unexpected})")
+        try:
+            model.load_state_dict({**{f"params.{k}": v for k, v in p.items()}, **state["modules"]})
+        except RuntimeError as e:
+            raise ValueError(f"the MLPs and statistics do not match this configuration ({str(e).splitlines()[0]})") from None
         views = torch.as_tensor(state.get("views", torch.zeros(0, 7))).float().cpu()
         if views.ndim != 2 or views.shape[1] != 7 or not bool(torch.isfinite(views).all()):
             raise ValueError("views must be a finite [V, 7] tensor")
@@ -238,10 +231,9 @@ class ScaffoldModel(Representation):
     def schedule(self, step: int, max_steps: int) -> None:
         """Exponential decays (the reference's get_expon_lr_func without delay) over the run."""
         c = self.cfg
-        t = min(max(step / max(max_steps, 1), 0.0), 1.0)
         for name, a, b, mult in (("offsets", c.offset_lr, c.offset_lr_final, self.scene_scale), ("mlp_opacity", c.mlp_opacity_lr, c.mlp_opacity_lr_final, 1.0),
                                  ("mlp_cov", c.mlp_cov_lr, c.mlp_cov_lr_final, 1.0), ("mlp_color", c.mlp_color_lr, c.mlp_color_lr_final, 1.0)):  # fmt: skip
-            lr = math.exp((1 - t) * math.log(a) + t * math.log(b)) * mult
+            lr = log_lerp(a, b, step, max_steps) * mult
             for group in self.optimizers[name].param_groups:
                 group["lr"] = lr
 
@@ -362,15 +354,13 @@ class ScaffoldModel(Representation):
         c, k = self.cfg, self.cfg.n_offsets
         grads = torch.where(self.offset_denom > 0, self.offset_grad / self.offset_denom.clamp_min(1), torch.zeros_like(self.offset_grad))
         judged = self.offset_denom > c.update_interval * c.success_threshold * 0.5
-        n0 = self.num_anchors
         grown = self.grow(grads, judged)
         pad = self.num_anchors * k - len(judged)
         judged = torch.cat([judged, judged.new_zeros(pad)])
         self.offset_grad[judged] = 0
         self.offset_denom[judged] = 0
-        prune = (self.opacity_accum < c.min_opacity * self.anchor_demon) & (self.anchor_demon > c.update_interval * c.success_threshold)
-        prune[n0:] = False
-        reset = self.anchor_demon > c.update_interval * c.success_threshold
+        reset = self.anchor_demon > c.update_interval * c.success_threshold  # seen often enough to judge (new anchors: never yet)
+        prune = (self.opacity_accum < c.min_opacity * self.anchor_demon) & reset
         self.opacity_accum[reset] = 0
         self.anchor_demon[reset] = 0
         pruned = int(prune.sum())
@@ -483,6 +473,9 @@ class ScaffoldModel(Representation):
         from scene3d.renderers.gaussians import sh_basis
 
         p, k = self.params, self.cfg.n_offsets
+        if self.num_anchors == 0:
+            zero = p["anchors"].new_zeros
+            return GaussianSet(zero(0, 3), zero(0, 4), zero(0, 3), zero(0), zero(0, 1, 3), zero(0, 15, 3))
         views = self.views if len(self.views) else torch.tensor([[0.0, 0.0, -1.0, 0.0, 0.0, 1.0, -1.0]], device=p["anchors"].device)
         nv = len(views)
         parts: dict[str, list[Tensor]] = {key: [] for key in ("means", "quats", "scales", "opacities", "sh")}
@@ -514,9 +507,7 @@ class ScaffoldModel(Representation):
             parts["scales"].append(scales.reshape(-1, 3))
             parts["opacities"].append(op.reshape(-1))
             parts["sh"].append(coeffs.reshape(-1, 16, 3))
-        cat = {key: torch.cat(v) if v else torch.zeros(0) for key, v in parts.items()}
-        if not parts["means"]:
-            cat = {"means": torch.zeros(0, 3), "quats": torch.zeros(0, 4), "scales": torch.zeros(0, 3), "opacities": torch.zeros(0), "sh": torch.zeros(0, 16, 3)}
+        cat = {key: torch.cat(v) for key, v in parts.items()}
         keep = cat["opacities"] > 0
         if crop is not None:
             keep = keep & points_in_box(cat["means"], *crop)

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from scene3d.cameras import Cameras
-from scene3d.models.base import Caps, Control, Representation
+from scene3d.models.base import Caps, Control, Representation, log_lerp
 
 PRECONDITION = 10.0  # features are multiplied by this (the reference's preconditioning)
 TABLE_INIT = 1e-5  # tables start uniform in +-TABLE_INIT
@@ -380,8 +380,7 @@ class ZipNeRFModel(Representation):
         """Log-linear from ``lr_init`` to ``lr_final`` over training, times a sine warm-up from
         ``lr_delay_mult`` over ``lr_delay_steps`` (the reference's ``learning_rate_decay``)."""
         c = self.cfg
-        t = min(max(step / max(max_steps, 1), 0.0), 1.0)
-        lr = math.exp((1 - t) * math.log(c.lr_init) + t * math.log(c.lr_final))
+        lr = log_lerp(c.lr_init, c.lr_final, step, max_steps)
         if c.lr_delay_steps > 0:
             lr *= c.lr_delay_mult + (1 - c.lr_delay_mult) * math.sin(0.5 * math.pi * min(max(step / c.lr_delay_steps, 0.0), 1.0))
         return lr
